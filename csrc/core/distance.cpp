@@ -1,0 +1,333 @@
+#include "core/distance.h"
+
+#include <ATen/Dispatch.h>
+#include <ATen/Parallel.h>
+#include <ATen/core/dispatch/Dispatcher.h>
+#include <c10/util/Exception.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <cmath>
+#include <limits>
+#include <utility>
+#include <vector>
+
+#include "core/rng.h"
+
+namespace spc {
+namespace {
+
+constexpr int64_t kDefaultChunkBudgetBytes = int64_t{64} << 20;
+
+template <typename scalar_t>
+bool all_finite(const scalar_t* data, int64_t count) {
+  return at::parallel_reduce(
+      0,
+      count,
+      int64_t{1} << 16,
+      true,
+      [&](int64_t begin, int64_t end, bool ok) {
+        for (int64_t i = begin; i < end && ok; ++i) {
+          ok = std::isfinite(static_cast<double>(data[i]));
+        }
+        return ok;
+      },
+      [](bool a, bool b) { return a && b; });
+}
+
+// Selects the `keep` smallest (distance, index) pairs from `candidates`, ordered by distance and
+// then index, which is the tie rule of the whole library.
+void keep_smallest(std::vector<std::pair<double, int64_t>>& candidates, int64_t keep) {
+  const auto count = static_cast<int64_t>(candidates.size());
+  keep = std::min(keep, count);
+  std::partial_sort(candidates.begin(), candidates.begin() + keep, candidates.end());
+  candidates.resize(keep);
+}
+
+template <typename scalar_t>
+void write_row(const std::vector<std::pair<double, int64_t>>& nearest,
+               scalar_t* distances,
+               int64_t* indices) {
+  for (size_t j = 0; j < nearest.size(); ++j) {
+    distances[j] = static_cast<scalar_t>(std::sqrt(nearest[j].first));
+    indices[j] = nearest[j].second;
+  }
+}
+
+template <typename scalar_t>
+void search_exact(const at::Tensor& queries,
+                  const at::Tensor& bank,
+                  int64_t k,
+                  at::Tensor& distances,
+                  at::Tensor& indices) {
+  const int64_t num_queries = queries.size(0);
+  const int64_t num_bank = bank.size(0);
+  const int64_t dim = queries.size(1);
+  const scalar_t* q = queries.data_ptr<scalar_t>();
+  const scalar_t* b = bank.data_ptr<scalar_t>();
+  scalar_t* out_distances = distances.data_ptr<scalar_t>();
+  int64_t* out_indices = indices.data_ptr<int64_t>();
+
+  at::parallel_for(0, num_queries, 1, [&](int64_t begin, int64_t end) {
+    std::vector<std::pair<double, int64_t>> candidates(num_bank);
+    for (int64_t i = begin; i < end; ++i) {
+      candidates.resize(num_bank);
+      for (int64_t j = 0; j < num_bank; ++j) {
+        candidates[j] = {squared_distance(q + i * dim, b + j * dim, dim), j};
+      }
+      keep_smallest(candidates, k);
+      write_row(candidates, out_distances + i * k, out_indices + i * k);
+    }
+  });
+}
+
+// See Note [Exact decisions from fast distances].
+template <typename scalar_t>
+void search_matmul(const at::Tensor& queries,
+                   const at::Tensor& bank,
+                   int64_t k,
+                   int64_t chunk_rows,
+                   at::Tensor& distances,
+                   at::Tensor& indices) {
+  const int64_t num_queries = queries.size(0);
+  const int64_t num_bank = bank.size(0);
+  const int64_t dim = queries.size(1);
+  const int64_t keep = std::min(k, num_bank);
+  const double unit_roundoff = matmul_unit_roundoff(queries.scalar_type(), false);
+
+  // bank_centred: [n, d]; bank_norms: [n]
+  const at::Tensor centre = bank.mean(0, /*keepdim=*/true);
+  const at::Tensor bank_centred = bank - centre;
+  const at::Tensor bank_norms = bank_centred.square().sum(1);
+  const double max_bank_norm = bank_norms.max().item<double>();
+
+  const scalar_t* q = queries.data_ptr<scalar_t>();
+  const scalar_t* b = bank.data_ptr<scalar_t>();
+  scalar_t* out_distances = distances.data_ptr<scalar_t>();
+  int64_t* out_indices = indices.data_ptr<int64_t>();
+
+  for (int64_t start = 0; start < num_queries; start += chunk_rows) {
+    const int64_t rows = std::min(chunk_rows, num_queries - start);
+
+    // fast: [rows, n] approximate squared distances
+    const at::Tensor query_centred = queries.narrow(0, start, rows) - centre;
+    const at::Tensor query_norms = query_centred.square().sum(1);
+    const at::Tensor fast =
+        at::addmm(bank_norms.unsqueeze(0), query_centred, bank_centred.t(), 1, -2)
+            .add_(query_norms.unsqueeze(1));
+    const scalar_t* fast_data = fast.data_ptr<scalar_t>();
+    const scalar_t* norms = query_norms.data_ptr<scalar_t>();
+
+    at::parallel_for(0, rows, 1, [&](int64_t begin, int64_t end) {
+      std::vector<scalar_t> scratch;
+      std::vector<std::pair<double, int64_t>> candidates;
+      for (int64_t r = begin; r < end; ++r) {
+        const scalar_t* row = fast_data + r * num_bank;
+        const int64_t i = start + r;
+
+        // The keep-th smallest fast distance bounds the exact keep-th smallest from above.
+        double kth;
+        if (keep == 1) {
+          kth = static_cast<double>(*std::min_element(row, row + num_bank));
+        } else {
+          scratch.assign(row, row + num_bank);
+          std::nth_element(scratch.begin(), scratch.begin() + (keep - 1), scratch.end());
+          kth = static_cast<double>(scratch[keep - 1]);
+        }
+        const double bound =
+            matmul_error_bound(unit_roundoff, dim, static_cast<double>(norms[r]), max_bank_norm);
+        const double cutoff = kth + 2.0 * bound;
+
+        candidates.clear();
+        for (int64_t j = 0; j < num_bank; ++j) {
+          if (static_cast<double>(row[j]) <= cutoff) {
+            candidates.emplace_back(squared_distance(q + i * dim, b + j * dim, dim), j);
+          }
+        }
+        keep_smallest(candidates, keep);
+        write_row(candidates, out_distances + i * k, out_indices + i * k);
+      }
+    });
+  }
+}
+
+}  // namespace
+
+DistanceMode parse_distance_mode(const std::string& name) {
+  if (name == "matmul") {
+    return DistanceMode::kMatmul;
+  }
+  if (name == "exact") {
+    return DistanceMode::kExact;
+  }
+  TORCH_CHECK(false, "distance mode should be 'matmul' or 'exact', got '", name, "'");
+}
+
+double matmul_unit_roundoff(at::ScalarType dtype, bool cuda) {
+  if (dtype == at::kDouble) {
+    return std::ldexp(1.0, -53);
+  }
+  // Reduced-precision products are opt-in torch settings; honour them rather than assume fp32.
+  const auto precision = at::globalContext().float32MatmulPrecision();
+  if (precision == at::Float32MatmulPrecision::MEDIUM) {
+    return std::ldexp(1.0, -8);  // bfloat16 inputs
+  }
+  if (precision == at::Float32MatmulPrecision::HIGH || (cuda && at::globalContext().allowTF32CuBLAS())) {
+    return std::ldexp(1.0, -11);  // TF32 inputs
+  }
+  return std::ldexp(1.0, -24);
+}
+
+int64_t rows_per_chunk(int64_t columns, int64_t element_bytes, int64_t budget_bytes) {
+  const int64_t row_bytes = std::max<int64_t>(1, columns) * element_bytes;
+  return std::max<int64_t>(1, budget_bytes / row_bytes);
+}
+
+void check_features(const at::Tensor& features, const char* name) {
+  TORCH_CHECK(features.defined(), name, " should be a tensor, got an undefined tensor");
+  TORCH_CHECK(features.dim() == 2,
+              name,
+              " should be a 2-D tensor [rows, dim], got ",
+              features.dim(),
+              "-D with shape ",
+              features.sizes());
+  TORCH_CHECK(features.scalar_type() == at::kFloat || features.scalar_type() == at::kDouble,
+              name,
+              " should be float32 or float64, got ",
+              features.scalar_type());
+  TORCH_CHECK(features.size(1) > 0, name, " should have at least one column, got shape ",
+              features.sizes());
+}
+
+at::Tensor random_projection_matrix(int64_t in_dim, int64_t out_dim, uint64_t seed) {
+  TORCH_CHECK(in_dim > 0, "projection input dim should be > 0, got ", in_dim);
+  TORCH_CHECK(out_dim > 0, "projection_dim should be > 0, got ", out_dim);
+
+  // projection: [in_dim, out_dim] float64
+  at::Tensor projection = at::empty({in_dim, out_dim}, at::kDouble);
+  double* p = projection.data_ptr<double>();
+  Rng rng(seed);
+  const double scale = 1.0 / std::sqrt(static_cast<double>(out_dim));
+  for (int64_t i = 0; i < in_dim * out_dim; ++i) {
+    p[i] = rng.normal() * scale;
+  }
+  return projection;
+}
+
+at::Tensor project(const at::Tensor& features, const at::Tensor& projection) {
+  check_features(features, "features");
+  TORCH_CHECK(projection.dim() == 2 && projection.scalar_type() == at::kDouble,
+              "projection should be a 2-D float64 tensor, got ",
+              projection.dim(),
+              "-D ",
+              projection.scalar_type());
+  TORCH_CHECK(features.size(1) == projection.size(0),
+              "features have dim ",
+              features.size(1),
+              " but the projection expects ",
+              projection.size(0));
+
+  const at::Tensor x = features.contiguous();
+  const at::Tensor p = projection.contiguous();
+  const int64_t rows = x.size(0);
+  const int64_t in_dim = x.size(1);
+  const int64_t out_dim = p.size(1);
+  at::Tensor out = at::empty({rows, out_dim}, x.options());
+
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "project", [&] {
+    const scalar_t* xs = x.data_ptr<scalar_t>();
+    const double* ps = p.data_ptr<double>();
+    scalar_t* os = out.data_ptr<scalar_t>();
+    at::parallel_for(0, rows, 64, [&](int64_t begin, int64_t end) {
+      std::vector<double> acc(out_dim);
+      for (int64_t r = begin; r < end; ++r) {
+        std::fill(acc.begin(), acc.end(), 0.0);
+        for (int64_t i = 0; i < in_dim; ++i) {
+          const double v = static_cast<double>(xs[r * in_dim + i]);
+          const double* prow = ps + i * out_dim;
+          for (int64_t j = 0; j < out_dim; ++j) {
+            acc[j] += v * prow[j];
+          }
+        }
+        for (int64_t j = 0; j < out_dim; ++j) {
+          os[r * out_dim + j] = static_cast<scalar_t>(acc[j]);
+        }
+      }
+    });
+  });
+  return out;
+}
+
+std::tuple<at::Tensor, at::Tensor> nearest_neighbors_cpu(const at::Tensor& queries,
+                                                         const at::Tensor& bank,
+                                                         int64_t k,
+                                                         bool exact,
+                                                         int64_t chunk_rows) {
+  check_features(queries, "queries");
+  check_features(bank, "bank");
+  TORCH_CHECK(queries.size(1) == bank.size(1),
+              "queries and bank should have the same dim, got ",
+              queries.size(1),
+              " and ",
+              bank.size(1));
+  TORCH_CHECK(queries.scalar_type() == bank.scalar_type(),
+              "queries and bank should have the same dtype, got ",
+              queries.scalar_type(),
+              " and ",
+              bank.scalar_type());
+  TORCH_CHECK(k >= 1, "k should be >= 1, got ", k);
+  TORCH_CHECK(chunk_rows >= 0, "chunk_rows should be >= 0 (0 = automatic), got ", chunk_rows);
+
+  const at::Tensor q = queries.contiguous();
+  const at::Tensor b = bank.contiguous();
+  const int64_t num_queries = q.size(0);
+  const int64_t num_bank = b.size(0);
+
+  // distances: [q, k] (+inf where the bank has fewer than k rows); indices: [q, k] (-1 there)
+  at::Tensor distances =
+      at::full({num_queries, k}, std::numeric_limits<double>::infinity(), q.options());
+  at::Tensor indices = at::full({num_queries, k}, -1, q.options().dtype(at::kLong));
+  if (num_queries == 0 || num_bank == 0) {
+    return {distances, indices};
+  }
+
+  AT_DISPATCH_FLOATING_TYPES(q.scalar_type(), "nearest_neighbors_cpu", [&] {
+    TORCH_CHECK(all_finite(q.data_ptr<scalar_t>(), q.numel()),
+                "queries should be finite, got NaN or infinity");
+    TORCH_CHECK(all_finite(b.data_ptr<scalar_t>(), b.numel()),
+                "bank should be finite, got NaN or infinity");
+    if (exact) {
+      search_exact<scalar_t>(q, b, k, distances, indices);
+    } else {
+      const int64_t rows = chunk_rows > 0
+                               ? chunk_rows
+                               : rows_per_chunk(num_bank, sizeof(scalar_t), kDefaultChunkBudgetBytes);
+      search_matmul<scalar_t>(q, b, k, rows, distances, indices);
+    }
+  });
+  return {distances, indices};
+}
+
+std::tuple<at::Tensor, at::Tensor> nearest_neighbors(const at::Tensor& queries,
+                                                     const at::Tensor& bank,
+                                                     int64_t k,
+                                                     DistanceMode mode,
+                                                     int64_t chunk_rows) {
+  static auto op = c10::Dispatcher::singleton()
+                       .findSchemaOrThrow("seqpatchcore::nearest_neighbors", "")
+                       .typed<std::tuple<at::Tensor, at::Tensor>(
+                           const at::Tensor&, const at::Tensor&, int64_t, bool, int64_t)>();
+  return op.call(queries, bank, k, mode == DistanceMode::kExact, chunk_rows);
+}
+
+TORCH_LIBRARY(seqpatchcore, m) {
+  m.def(
+      "nearest_neighbors(Tensor queries, Tensor bank, int k, bool exact, int chunk_rows) "
+      "-> (Tensor, Tensor)");
+}
+
+TORCH_LIBRARY_IMPL(seqpatchcore, CPU, m) {
+  m.impl("nearest_neighbors", &nearest_neighbors_cpu);
+}
+
+}  // namespace spc

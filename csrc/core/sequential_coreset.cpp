@@ -1,0 +1,717 @@
+#include "core/sequential_coreset.h"
+
+#include <ATen/Dispatch.h>
+#include <ATen/Parallel.h>
+#include <c10/util/Exception.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <limits>
+
+namespace spc {
+namespace {
+
+constexpr double kInf = std::numeric_limits<double>::infinity();
+constexpr int64_t kDefaultChunk = 4096;
+constexpr int64_t kMaxAutoChunk = 16384;
+constexpr int64_t kStateVersion = 1;
+
+int64_t element_bytes(at::ScalarType dtype) { return static_cast<int64_t>(c10::elementSize(dtype)); }
+
+int64_t key_dim_of(int64_t dim, const SequentialCoresetOptions& options) {
+  return options.projection_dim > 0 ? options.projection_dim : dim;
+}
+
+// Bytes that do not depend on the chunk: members, keys, bookkeeping.
+int64_t fixed_bytes(int64_t dim, at::ScalarType dtype, const SequentialCoresetOptions& options) {
+  const int64_t k = options.capacity;
+  const int64_t key_dim = key_dim_of(dim, options);
+  const int64_t elt = element_bytes(dtype);
+  int64_t bytes = k * dim * elt;                      // members
+  bytes += k * key_dim * elt + k * elt;               // centred keys and their norms
+  bytes += k * (sizeof(double) + sizeof(int64_t));    // nearest-member bookkeeping
+  if (options.projection_dim > 0) {
+    bytes += k * key_dim * elt;                       // projected keys
+    bytes += dim * key_dim * sizeof(double);          // projection matrix
+  }
+  return bytes;
+}
+
+// Bytes per feature of a chunk: its row of the distance matrix and its copies.
+int64_t row_bytes(int64_t dim, at::ScalarType dtype, const SequentialCoresetOptions& options) {
+  const int64_t elt = element_bytes(dtype);
+  const int64_t distance_elt =
+      options.distance == DistanceMode::kExact ? int64_t{sizeof(double)} : elt;
+  return options.capacity * distance_elt + (dim + 2 * key_dim_of(dim, options) + 1) * elt;
+}
+
+void check_options(int64_t dim, at::ScalarType dtype, const SequentialCoresetOptions& options) {
+  TORCH_CHECK(dim > 0, "dim should be > 0, got ", dim);
+  TORCH_CHECK(dtype == at::kFloat || dtype == at::kDouble,
+              "dtype should be float32 or float64, got ",
+              dtype);
+  TORCH_CHECK(options.capacity >= 1, "capacity should be >= 1, got ", options.capacity);
+  TORCH_CHECK(options.projection_dim >= 0,
+              "projection_dim should be >= 0 (0 = no projection), got ",
+              options.projection_dim);
+  TORCH_CHECK(options.chunk_size >= 0,
+              "chunk_size should be >= 0 (0 = automatic), got ",
+              options.chunk_size);
+  TORCH_CHECK(options.memory_budget_bytes >= 0,
+              "memory_budget_bytes should be >= 0 (0 = no limit), got ",
+              options.memory_budget_bytes);
+}
+
+int64_t resolve_chunk(int64_t dim, at::ScalarType dtype, const SequentialCoresetOptions& options) {
+  if (options.chunk_size > 0) {
+    return options.chunk_size;
+  }
+  if (options.memory_budget_bytes == 0) {
+    return kDefaultChunk;
+  }
+  const int64_t spare = options.memory_budget_bytes - fixed_bytes(dim, dtype, options);
+  return std::clamp<int64_t>(spare / row_bytes(dim, dtype, options), 1, kMaxAutoChunk);
+}
+
+}  // namespace
+
+int64_t sequential_coreset_bytes(int64_t dim,
+                                 at::ScalarType dtype,
+                                 const SequentialCoresetOptions& options) {
+  check_options(dim, dtype, options);
+  const int64_t chunk = resolve_chunk(dim, dtype, options);
+  const int64_t bytes = fixed_bytes(dim, dtype, options) + chunk * row_bytes(dim, dtype, options);
+  TORCH_CHECK(options.memory_budget_bytes == 0 || bytes <= options.memory_budget_bytes,
+              "a sequential coreset of capacity ",
+              options.capacity,
+              " for ",
+              dim,
+              "-dim ",
+              dtype,
+              " features with chunks of ",
+              chunk,
+              " needs ",
+              bytes,
+              " bytes, more than memory_budget_bytes = ",
+              options.memory_budget_bytes,
+              "; lower the capacity or the chunk size, or raise the budget");
+  return bytes;
+}
+
+SequentialCoreset::SequentialCoreset(int64_t dim,
+                                     at::ScalarType dtype,
+                                     const SequentialCoresetOptions& options)
+    : options_(options), dim_(dim), key_dim_(key_dim_of(dim, options)), dtype_(dtype) {
+  // Refuses before any allocation when the budget cannot be met.
+  sequential_coreset_bytes(dim, dtype, options);
+  chunk_size_ = resolve_chunk(dim, dtype, options);
+  if (options.projection_dim > 0) {
+    projection_ = random_projection_matrix(dim, options.projection_dim, options.seed);
+  }
+  allocate(options.capacity);
+}
+
+void SequentialCoreset::allocate(int64_t capacity) {
+  const auto opts = at::TensorOptions().dtype(dtype_);
+  auto grow = [&](const at::Tensor& old, at::IntArrayRef shape) {
+    at::Tensor fresh = at::zeros(shape, opts);
+    if (old.defined() && size_ > 0) {
+      fresh.narrow(0, 0, size_).copy_(old.narrow(0, 0, size_));
+    }
+    return fresh;
+  };
+  members_ = grow(members_, {capacity, dim_});
+  keys_ = projection_.defined() ? grow(keys_, {capacity, key_dim_}) : members_;
+  keys_centred_ = grow(keys_centred_, {capacity, key_dim_});
+  key_norms_ = grow(key_norms_, {capacity});
+  nn_distance2_.resize(capacity, kInf);
+  nn_slot_.resize(capacity, -1);
+  options_.capacity = capacity;
+}
+
+void SequentialCoreset::set_centre(const at::Tensor& keys) {
+  centre_ = keys.to(at::kDouble).mean(0).to(dtype_);
+}
+
+double SequentialCoreset::error_bound(double norm) const {
+  if (options_.distance == DistanceMode::kExact) {
+    return 0.0;
+  }
+  return matmul_error_bound(unit_roundoff_, key_dim_, norm, max_key_norm_);
+}
+
+at::Tensor SequentialCoreset::keys(const at::Tensor& features) const {
+  check_features(features, "features");
+  TORCH_CHECK(features.size(1) == dim_,
+              "features should have dim ",
+              dim_,
+              " (the coreset's), got ",
+              features.size(1));
+  const at::Tensor converted = features.to(dtype_).contiguous();
+  return projection_.defined() ? project(converted, projection_) : converted;
+}
+
+void SequentialCoreset::update(const at::Tensor& features) {
+  check_features(features, "features");
+  TORCH_CHECK(features.size(1) == dim_,
+              "features should have dim ",
+              dim_,
+              " (the coreset's), got ",
+              features.size(1));
+  TORCH_CHECK(features.device().is_cpu(),
+              "the sequential coreset runs on the CPU; got features on ",
+              features.device());
+  unit_roundoff_ = matmul_unit_roundoff(dtype_, false);
+
+  const int64_t rows = features.size(0);
+  for (int64_t start = 0; start < rows; start += chunk_size_) {
+    const at::Tensor chunk =
+        features.narrow(0, start, std::min(chunk_size_, rows - start)).to(dtype_).contiguous();
+    TORCH_CHECK(at::isfinite(chunk).all().item<bool>(),
+                "features should be finite, got NaN or infinity in rows [",
+                start,
+                ", ",
+                start + chunk.size(0),
+                ")");
+    AT_DISPATCH_FLOATING_TYPES(dtype_, "sequential_coreset_update", [&] {
+      update_chunk<scalar_t>(chunk);
+    });
+  }
+}
+
+template <typename scalar_t>
+void SequentialCoreset::update_chunk(const at::Tensor& features) {
+  // features: [b, D]; keys: [b, D']
+  const at::Tensor keys = projection_.defined() ? project(features, projection_) : features;
+  if (!centre_.defined()) {
+    set_centre(keys);
+  }
+
+  // distances: [b, K], squared, against every slot; columns of empty slots are filled in as
+  // members arrive (see walk).
+  if (options_.distance == DistanceMode::kExact) {
+    const int64_t rows = keys.size(0);
+    at::Tensor distances = at::empty({rows, options_.capacity}, at::kDouble);
+    double* d = distances.data_ptr<double>();
+    const scalar_t* k = keys.data_ptr<scalar_t>();
+    const scalar_t* m = keys_.data_ptr<scalar_t>();
+    const int64_t cap = options_.capacity;
+    at::parallel_for(0, rows, 16, [&](int64_t begin, int64_t end) {
+      for (int64_t i = begin; i < end; ++i) {
+        for (int64_t j = 0; j < size_; ++j) {
+          d[i * cap + j] = squared_distance(k + i * key_dim_, m + j * key_dim_, key_dim_);
+        }
+      }
+    });
+    walk<scalar_t, double>(features, keys, distances);
+  } else {
+    const at::Tensor centred = keys - centre_;
+    const at::Tensor norms = centred.square().sum(1);
+    at::Tensor distances = at::addmm(key_norms_.unsqueeze(0), centred, keys_centred_.t(), 1, -2)
+                               .add_(norms.unsqueeze(1));
+    walk<scalar_t, scalar_t>(features, keys, distances);
+  }
+}
+
+// The one-at-a-time rule over a chunk, with the chunk's distances computed up front. Row i of
+// `distances` is exact (or within the error bound) for every current member, because each slot
+// written during the chunk has its column recomputed for the rows after i.
+template <typename scalar_t, typename dist_t>
+void SequentialCoreset::walk(const at::Tensor& features,
+                             const at::Tensor& keys,
+                             at::Tensor& distances) {
+  const int64_t rows = features.size(0);
+  const int64_t cap = options_.capacity;
+  const scalar_t* x = features.data_ptr<scalar_t>();
+  const scalar_t* k = keys.data_ptr<scalar_t>();
+  const scalar_t* centre = centre_.data_ptr<scalar_t>();
+  dist_t* d = distances.data_ptr<dist_t>();
+
+  // The member nearest to key among the slots whose fast distance is within twice the bound of
+  // the smallest; only those can be nearest exactly. Ties go to the lower slot.
+  auto exact_nearest = [&](const scalar_t* key, const dist_t* row, double bound, int64_t skip) {
+    double fast_min = kInf;
+    for (int64_t j = 0; j < size_; ++j) {
+      if (j != skip) {
+        fast_min = std::min(fast_min, static_cast<double>(row[j]));
+      }
+    }
+    Neighbour best{kInf, -1};
+    const scalar_t* m = keys_.data_ptr<scalar_t>();
+    for (int64_t j = 0; j < size_; ++j) {
+      if (j != skip && static_cast<double>(row[j]) <= fast_min + 2.0 * bound) {
+        const double exact = squared_distance(key, m + j * key_dim_, key_dim_);
+        if (exact < best.distance2) {
+          best = {exact, j};
+        }
+      }
+    }
+    return best;
+  };
+
+  // After slot is written, the rows after i need its exact column.
+  auto refresh_column = [&](int64_t slot, int64_t i) {
+    const scalar_t* member = keys_.data_ptr<scalar_t>() + slot * key_dim_;
+    for (int64_t r = i + 1; r < rows; ++r) {
+      d[r * cap + slot] = static_cast<dist_t>(squared_distance(k + r * key_dim_, member, key_dim_));
+    }
+  };
+
+  for (int64_t i = 0; i < rows; ++i) {
+    ++seen_;
+    const scalar_t* key = k + i * key_dim_;
+    const dist_t* row = d + i * cap;
+    double norm = 0.0;
+    for (int64_t c = 0; c < key_dim_; ++c) {
+      const double centred = static_cast<double>(key[c]) - static_cast<double>(centre[c]);
+      norm += centred * centred;
+    }
+    const double bound = error_bound(norm);
+
+    int64_t slot = -1;
+    if (size_ < cap) {
+      const Neighbour nearest = exact_nearest(key, row, bound, -1);
+      if (nearest.distance2 == 0.0) {
+        ++duplicates_;
+        continue;
+      }
+      slot = size_;
+      write_slot<scalar_t>(slot, x + i * dim_, key);
+      size_ += 1;
+      nn_distance2_[slot] = nearest.distance2;
+      nn_slot_[slot] = nearest.slot;
+      offer<scalar_t, dist_t>(slot, row, bound, nullptr);
+      ++added_;
+    } else {
+      // Reject at once when even the most favourable rounding cannot make d_p exceed d_m.
+      double fast_min = kInf;
+      for (int64_t j = 0; j < size_; ++j) {
+        fast_min = std::min(fast_min, static_cast<double>(row[j]));
+      }
+      if (fast_min + bound <= min_distance2_ ||
+          exact_nearest(key, row, bound, -1).distance2 <= min_distance2_) {
+        ++rejected_;
+        continue;
+      }
+
+      slot = eviction_slot<scalar_t>();
+      write_slot<scalar_t>(slot, x + i * dim_, key);
+      const Neighbour nearest = exact_nearest(key, row, bound, slot);
+      nn_distance2_[slot] = nearest.distance2;
+      nn_slot_[slot] = nearest.slot;
+      std::vector<int64_t> stale;
+      offer<scalar_t, dist_t>(slot, row, bound, &stale);
+      for (const int64_t j : stale) {
+        refresh_nearest<scalar_t>(j);
+      }
+      ++replaced_;
+    }
+
+    refresh_closest_pair();
+    refresh_column(slot, i);
+  }
+}
+
+template <typename scalar_t>
+void SequentialCoreset::write_slot(int64_t slot, const scalar_t* feature, const scalar_t* key) {
+  std::memcpy(members_.data_ptr<scalar_t>() + slot * dim_, feature, dim_ * sizeof(scalar_t));
+  if (projection_.defined()) {
+    std::memcpy(keys_.data_ptr<scalar_t>() + slot * key_dim_, key, key_dim_ * sizeof(scalar_t));
+  }
+
+  // The centred copy feeds the fast distances only, so its rounding never changes a decision.
+  const scalar_t* centre = centre_.data_ptr<scalar_t>();
+  scalar_t* centred = keys_centred_.data_ptr<scalar_t>() + slot * key_dim_;
+  double norm = 0.0;
+  for (int64_t c = 0; c < key_dim_; ++c) {
+    centred[c] = key[c] - centre[c];
+    norm += static_cast<double>(centred[c]) * static_cast<double>(centred[c]);
+  }
+  key_norms_.data_ptr<scalar_t>()[slot] = static_cast<scalar_t>(norm);
+
+  // A bound that only grows stays valid when the largest member leaves.
+  max_key_norm_ = std::max(max_key_norm_, norm);
+}
+
+// Offers the member just written to `slot` as nearest neighbour to every other member, given
+// `row`, its fast (or exact) squared distances to them. Members whose nearest was the slot's
+// previous occupant are collected into `stale` instead: they need a full search.
+template <typename scalar_t, typename dist_t>
+void SequentialCoreset::offer(int64_t slot,
+                              const dist_t* row,
+                              double bound,
+                              std::vector<int64_t>* stale) {
+  const scalar_t* m = keys_.data_ptr<scalar_t>();
+  const scalar_t* key = m + slot * key_dim_;
+  for (int64_t j = 0; j < size_; ++j) {
+    if (j == slot) {
+      continue;
+    }
+    if (stale != nullptr && nn_slot_[j] == slot) {
+      stale->push_back(j);
+      continue;
+    }
+    if (static_cast<double>(row[j]) - bound > nn_distance2_[j]) {
+      continue;
+    }
+    const double exact = squared_distance(key, m + j * key_dim_, key_dim_);
+    if (exact < nn_distance2_[j] || (exact == nn_distance2_[j] && slot < nn_slot_[j])) {
+      nn_distance2_[j] = exact;
+      nn_slot_[j] = slot;
+    }
+  }
+}
+
+// Fast (or, in exact mode, exact) squared distances from a member to every member.
+template <typename scalar_t>
+std::vector<double> SequentialCoreset::distances_to_member(int64_t slot) const {
+  std::vector<double> row(size_);
+  if (options_.distance == DistanceMode::kExact) {
+    const scalar_t* m = keys_.data_ptr<scalar_t>();
+    for (int64_t j = 0; j < size_; ++j) {
+      row[j] = squared_distance(m + slot * key_dim_, m + j * key_dim_, key_dim_);
+    }
+    return row;
+  }
+
+  // dots: [size]
+  const at::Tensor dots = at::mv(keys_centred_.narrow(0, 0, size_), keys_centred_[slot]);
+  const scalar_t* dot = dots.data_ptr<scalar_t>();
+  const scalar_t* norms = key_norms_.data_ptr<scalar_t>();
+  for (int64_t j = 0; j < size_; ++j) {
+    row[j] = static_cast<double>(norms[slot]) + static_cast<double>(norms[j]) -
+             2.0 * static_cast<double>(dot[j]);
+  }
+  return row;
+}
+
+// The `count` nearest other members of a member, exact, ordered by distance then slot.
+template <typename scalar_t>
+std::vector<SequentialCoreset::Neighbour> SequentialCoreset::nearest_to_member(
+    int64_t slot,
+    int64_t count) const {
+  std::vector<Neighbour> nearest;
+  if (size_ < 2) {
+    return nearest;
+  }
+  const std::vector<double> row = distances_to_member<scalar_t>(slot);
+  const double bound = error_bound(static_cast<double>(key_norms_.data_ptr<scalar_t>()[slot]));
+
+  // The count-th smallest fast distance bounds the exact count-th smallest from above.
+  std::vector<double> others;
+  others.reserve(size_ - 1);
+  for (int64_t j = 0; j < size_; ++j) {
+    if (j != slot) {
+      others.push_back(row[j]);
+    }
+  }
+  count = std::min<int64_t>(count, static_cast<int64_t>(others.size()));
+  std::nth_element(others.begin(), others.begin() + (count - 1), others.end());
+  const double cutoff = others[count - 1] + 2.0 * bound;
+
+  const scalar_t* m = keys_.data_ptr<scalar_t>();
+  for (int64_t j = 0; j < size_; ++j) {
+    if (j != slot && row[j] <= cutoff) {
+      nearest.push_back({squared_distance(m + slot * key_dim_, m + j * key_dim_, key_dim_), j});
+    }
+  }
+  std::sort(nearest.begin(), nearest.end(), [](const Neighbour& a, const Neighbour& b) {
+    return a.distance2 != b.distance2 ? a.distance2 < b.distance2 : a.slot < b.slot;
+  });
+  nearest.resize(count);
+  return nearest;
+}
+
+template <typename scalar_t>
+void SequentialCoreset::refresh_nearest(int64_t slot) {
+  const std::vector<Neighbour> nearest = nearest_to_member<scalar_t>(slot, 1);
+  nn_distance2_[slot] = nearest.empty() ? kInf : nearest[0].distance2;
+  nn_slot_[slot] = nearest.empty() ? -1 : nearest[0].slot;
+}
+
+// Of the closest pair (a, b), the endpoint whose second-nearest member is closer: removing it
+// loses the least coverage. Ties go to the lower slot.
+template <typename scalar_t>
+int64_t SequentialCoreset::eviction_slot() const {
+  const int64_t a = closest_;
+  const int64_t b = nn_slot_[a];
+  auto second_nearest = [&](int64_t slot) {
+    const std::vector<Neighbour> nearest = nearest_to_member<scalar_t>(slot, 2);
+    return nearest.size() < 2 ? kInf : nearest[1].distance2;
+  };
+  const double second_a = second_nearest(a);
+  const double second_b = second_nearest(b);
+  if (second_a != second_b) {
+    return second_a < second_b ? a : b;
+  }
+  return std::min(a, b);
+}
+
+void SequentialCoreset::refresh_closest_pair() {
+  closest_ = -1;
+  min_distance2_ = kInf;
+  if (size_ < 2) {
+    return;
+  }
+  for (int64_t j = 0; j < size_; ++j) {
+    if (nn_distance2_[j] < min_distance2_) {
+      min_distance2_ = nn_distance2_[j];
+      closest_ = j;
+    }
+  }
+}
+
+// Removes one member by the eviction choice and moves the last member into its slot, keeping
+// the nearest-member bookkeeping exact (ties to the lower slot included).
+template <typename scalar_t>
+void SequentialCoreset::evict_one() {
+  const int64_t slot = eviction_slot<scalar_t>();
+  const int64_t last = size_ - 1;
+
+  std::vector<int64_t> stale;
+  for (int64_t j = 0; j < size_; ++j) {
+    if (j != slot && nn_slot_[j] == slot) {
+      stale.push_back(j == last ? slot : j);
+    }
+  }
+  for (int64_t j = 0; j < size_; ++j) {
+    if (nn_slot_[j] == last) {
+      nn_slot_[j] = slot;
+    }
+  }
+  if (slot != last) {
+    const scalar_t* feature = members_.data_ptr<scalar_t>() + last * dim_;
+    const scalar_t* key = keys_.data_ptr<scalar_t>() + last * key_dim_;
+    std::vector<scalar_t> feature_copy(feature, feature + dim_);
+    std::vector<scalar_t> key_copy(key, key + key_dim_);
+    write_slot<scalar_t>(slot, feature_copy.data(), key_copy.data());
+    nn_distance2_[slot] = nn_distance2_[last];
+    nn_slot_[slot] = nn_slot_[last];
+  }
+  size_ -= 1;
+  nn_distance2_[size_] = kInf;
+  nn_slot_[size_] = -1;
+
+  // The moved member now sits at a lower slot, which can win ties it used to lose.
+  if (slot < size_) {
+    const std::vector<double> row = distances_to_member<scalar_t>(slot);
+    offer<scalar_t, double>(slot, row.data(),
+                            error_bound(static_cast<double>(key_norms_.data_ptr<scalar_t>()[slot])),
+                            nullptr);
+  }
+  for (const int64_t j : stale) {
+    if (j < size_) {
+      refresh_nearest<scalar_t>(j);
+    }
+  }
+  refresh_closest_pair();
+}
+
+void SequentialCoreset::set_capacity(int64_t capacity) {
+  TORCH_CHECK(capacity >= 1, "capacity should be >= 1, got ", capacity);
+  SequentialCoresetOptions resized = options_;
+  resized.capacity = capacity;
+  sequential_coreset_bytes(dim_, dtype_, resized);
+
+  AT_DISPATCH_FLOATING_TYPES(dtype_, "sequential_coreset_set_capacity", [&] {
+    while (size_ > capacity) {
+      evict_one<scalar_t>();
+    }
+  });
+  allocate(capacity);
+  chunk_size_ = resolve_chunk(dim_, dtype_, options_);
+}
+
+SequentialCoreset SequentialCoreset::from_members(const at::Tensor& members,
+                                                  const SequentialCoresetOptions& options) {
+  check_features(members, "members");
+  TORCH_CHECK(members.size(0) <= options.capacity,
+              "members should have at most capacity = ",
+              options.capacity,
+              " rows, got ",
+              members.size(0));
+  SequentialCoreset coreset(members.size(1), members.scalar_type(), options);
+  const at::Tensor features = members.contiguous();
+  const at::Tensor keys = coreset.keys(features);
+  if (features.size(0) == 0) {
+    return coreset;
+  }
+  coreset.set_centre(keys);
+  coreset.unit_roundoff_ = matmul_unit_roundoff(coreset.dtype_, false);
+
+  AT_DISPATCH_FLOATING_TYPES(coreset.dtype_, "sequential_coreset_from_members", [&] {
+    const scalar_t* f = features.data_ptr<scalar_t>();
+    const scalar_t* k = keys.data_ptr<scalar_t>();
+    for (int64_t j = 0; j < features.size(0); ++j) {
+      coreset.write_slot<scalar_t>(j, f + j * coreset.dim_, k + j * coreset.key_dim_);
+    }
+    coreset.size_ = features.size(0);
+    for (int64_t j = 0; j < coreset.size_; ++j) {
+      coreset.refresh_nearest<scalar_t>(j);
+    }
+  });
+  coreset.refresh_closest_pair();
+  return coreset;
+}
+
+at::Tensor SequentialCoreset::coreset() const { return members_.narrow(0, 0, size_).clone(); }
+
+at::Tensor SequentialCoreset::nearest_distances() const {
+  at::Tensor out = at::empty({size_}, at::kDouble);
+  double* o = out.data_ptr<double>();
+  for (int64_t j = 0; j < size_; ++j) {
+    o[j] = std::sqrt(nn_distance2_[j]);
+  }
+  return out.to(dtype_);
+}
+
+at::Tensor SequentialCoreset::nearest_indices() const {
+  at::Tensor out = at::empty({size_}, at::kLong);
+  std::copy(nn_slot_.begin(), nn_slot_.begin() + size_, out.data_ptr<int64_t>());
+  return out;
+}
+
+double SequentialCoreset::min_distance() const { return std::sqrt(min_distance2_); }
+
+std::map<std::string, at::Tensor> SequentialCoreset::state() const {
+  std::map<std::string, at::Tensor> state;
+  state["version"] = at::tensor({kStateVersion}, at::kLong);
+  state["options"] = at::tensor({options_.capacity,
+                                 static_cast<int64_t>(options_.distance),
+                                 options_.projection_dim,
+                                 static_cast<int64_t>(options_.seed),
+                                 options_.chunk_size,
+                                 options_.memory_budget_bytes,
+                                 dim_,
+                                 static_cast<int64_t>(dtype_ == at::kDouble)},
+                                at::kLong);
+  state["counters"] = at::tensor({seen_, added_, duplicates_, replaced_, rejected_}, at::kLong);
+  state["members"] = coreset();
+  state["nn_distance2"] =
+      at::tensor(std::vector<double>(nn_distance2_.begin(), nn_distance2_.begin() + size_),
+                 at::kDouble);
+  state["nn_slot"] = nearest_indices();
+  state["centre"] = centre_.defined() ? centre_.clone() : at::empty({0}, dtype_);
+  return state;
+}
+
+SequentialCoreset SequentialCoreset::from_state(const std::map<std::string, at::Tensor>& state) {
+  auto get = [&](const char* name, int64_t numel) {
+    const auto it = state.find(name);
+    TORCH_CHECK(it != state.end(), "coreset state has no '", name, "' entry");
+    TORCH_CHECK(numel < 0 || it->second.numel() == numel,
+                "coreset state entry '",
+                name,
+                "' should have ",
+                numel,
+                " values, got ",
+                it->second.numel());
+    return it->second.contiguous();
+  };
+  const int64_t version = get("version", 1).item<int64_t>();
+  TORCH_CHECK(version == kStateVersion,
+              "coreset state version should be ",
+              kStateVersion,
+              ", got ",
+              version);
+
+  const at::Tensor options_tensor = get("options", 8).to(at::kLong);
+  const int64_t* o = options_tensor.data_ptr<int64_t>();
+  SequentialCoresetOptions options;
+  options.capacity = o[0];
+  TORCH_CHECK(o[1] == 0 || o[1] == 1, "coreset state has an unknown distance mode ", o[1]);
+  options.distance = static_cast<DistanceMode>(o[1]);
+  options.projection_dim = o[2];
+  options.seed = static_cast<uint64_t>(o[3]);
+  options.chunk_size = o[4];
+  options.memory_budget_bytes = o[5];
+  const int64_t dim = o[6];
+  const at::ScalarType dtype = o[7] != 0 ? at::kDouble : at::kFloat;
+
+  SequentialCoreset coreset(dim, dtype, options);
+  const at::Tensor members = get("members", -1).to(dtype);
+  const int64_t size = members.size(0);
+  TORCH_CHECK(members.dim() == 2 && members.size(1) == dim && size <= options.capacity,
+              "coreset state members should be [n <= ",
+              options.capacity,
+              ", ",
+              dim,
+              "], got ",
+              members.sizes());
+  const at::Tensor nn_distance2 = get("nn_distance2", size).to(at::kDouble);
+  const at::Tensor nn_slot = get("nn_slot", size).to(at::kLong);
+  const at::Tensor counters = get("counters", 5).to(at::kLong);
+  const at::Tensor centre = get("centre", -1);
+
+  if (centre.numel() > 0) {
+    TORCH_CHECK(centre.numel() == coreset.key_dim_,
+                "coreset state centre should have ",
+                coreset.key_dim_,
+                " values, got ",
+                centre.numel());
+    coreset.centre_ = centre.to(dtype).reshape({coreset.key_dim_});
+  }
+  if (size > 0) {
+    TORCH_CHECK(coreset.centre_.defined(), "coreset state has members but no centre");
+    const at::Tensor keys = coreset.keys(members);
+    AT_DISPATCH_FLOATING_TYPES(dtype, "sequential_coreset_from_state", [&] {
+      for (int64_t j = 0; j < size; ++j) {
+        coreset.write_slot<scalar_t>(j,
+                                     members.data_ptr<scalar_t>() + j * dim,
+                                     keys.data_ptr<scalar_t>() + j * coreset.key_dim_);
+      }
+    });
+  }
+  coreset.size_ = size;
+  const double* nd = nn_distance2.data_ptr<double>();
+  const int64_t* ns = nn_slot.data_ptr<int64_t>();
+  for (int64_t j = 0; j < size; ++j) {
+    TORCH_CHECK(ns[j] >= -1 && ns[j] < size && ns[j] != j,
+                "coreset state nn_slot[", j, "] = ", ns[j], " is not another member");
+    coreset.nn_distance2_[j] = nd[j];
+    coreset.nn_slot_[j] = ns[j];
+  }
+  const int64_t* c = counters.data_ptr<int64_t>();
+  coreset.seen_ = c[0];
+  coreset.added_ = c[1];
+  coreset.duplicates_ = c[2];
+  coreset.replaced_ = c[3];
+  coreset.rejected_ = c[4];
+  coreset.refresh_closest_pair();
+  return coreset;
+}
+
+SequentialCoreset meld_coresets(const SequentialCoreset& base,
+                                const at::Tensor& other,
+                                int64_t capacity) {
+  check_features(other, "other");
+  TORCH_CHECK(other.size(1) == base.dim(),
+              "cannot meld coresets of different dims: ",
+              base.dim(),
+              " and ",
+              other.size(1));
+  TORCH_CHECK(capacity >= 0, "capacity should be >= 0 (0 = keep), got ", capacity);
+
+  SequentialCoreset melded = SequentialCoreset::from_state(base.state());
+  if (capacity > 0) {
+    melded.set_capacity(capacity);
+  }
+  if (other.size(0) == 0) {
+    return melded;
+  }
+
+  // Most novel first: by distance to the base's members, ties by row (a stable sort).
+  const at::Tensor incoming = other.to(base.dtype()).contiguous();
+  at::Tensor order = at::arange(incoming.size(0), at::kLong);
+  if (base.size() > 0) {
+    const auto [distances, indices] = nearest_neighbors(
+        base.keys(incoming), base.keys(base.coreset()), 1, base.options().distance);
+    order = std::get<1>(at::sort(distances.squeeze(1), /*stable=*/true, /*dim=*/0,
+                                 /*descending=*/true));
+  }
+  melded.update(incoming.index_select(0, order));
+  return melded;
+}
+
+}  // namespace spc
