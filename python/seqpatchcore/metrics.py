@@ -163,7 +163,7 @@ def _check_scores(score: np.ndarray, name: str) -> np.ndarray:
 
 
 def _pairs(
-    labels: Any, scores: Any, labels_name: str, scores_name: str
+    labels: Any, scores: Any, labels_name: str, scores_name: str, per_image: bool = False
 ) -> list[tuple[np.ndarray | None, np.ndarray]]:
     """Matches label and score blocks, checking count, shape and dtype of each."""
     label_blocks = _as_blocks(labels, labels_name)
@@ -176,7 +176,7 @@ def _pairs(
 
     pairs = []
     for i, (label, score) in enumerate(zip(label_blocks, score_blocks)):
-        at = f"[{i}]" if len(score_blocks) > 1 else ""
+        at = f"[{i}]" if per_image or len(score_blocks) > 1 else ""
         if score is None:
             raise ValueError(f"{scores_name}{at}: expected an array of scores, got None")
         score = _check_scores(score, f"{scores_name}{at}")
@@ -205,10 +205,10 @@ def _image_level(
     return _check_labels(labels, labels_name), _check_scores(scores, scores_name)
 
 
-def _raise_on_nan(blocks: Sequence[np.ndarray], name: str) -> None:
+def _raise_on_nan(blocks: Sequence[np.ndarray], name: str, per_image: bool = False) -> None:
     for i, b in enumerate(blocks):
         if b.dtype.kind == "f" and np.isnan(b).any():
-            at = f"[{i}]" if len(blocks) > 1 else ""
+            at = f"[{i}]" if per_image or len(blocks) > 1 else ""
             raise ValueError(f"{name}{at} contains NaN; expected finite scores or +-inf")
 
 
@@ -327,7 +327,7 @@ def _gather(
     if dtype.kind == "f" and (
         (positive.size and np.isnan(positive[-1])) or (negative.size and np.isnan(negative[-1]))
     ):
-        _raise_on_nan([score for _, score in pairs], scores_name)
+        _raise_on_nan([score for _, score in pairs], scores_name, regions is not None)
     return _SortedScores(positive, negative, component, region_offset)
 
 
@@ -502,7 +502,7 @@ def _mask_map_pairs(
 ) -> list[tuple[np.ndarray | None, np.ndarray]]:
     mask_list = _as_images(masks, masks_name)
     map_list = _as_images(anomaly_maps, "anomaly_maps")
-    return _pairs(mask_list, map_list, masks_name, "anomaly_maps")
+    return _pairs(mask_list, map_list, masks_name, "anomaly_maps", per_image=True)
 
 
 def aupro(masks: Any, anomaly_maps: Any, fpr_limit: float = 0.3) -> float:
@@ -643,7 +643,7 @@ def defect_recall(
     _check_min_fraction(min_fraction)
     pairs = _mask_map_pairs(masks, anomaly_maps)
     _check_defect_types(defect_types, len(pairs))
-    _raise_on_nan([score for _, score in pairs], "anomaly_maps")
+    _raise_on_nan([score for _, score in pairs], "anomaly_maps", per_image=True)
 
     regions = [_label_regions(label, score.shape) for label, score in pairs]
     return _defect_recall(pairs, regions, threshold, min_fraction, defect_types)
