@@ -518,10 +518,10 @@ def load_mask(
     path = Path(path)
     with _open(path, "mask") as image:
         if image.size != (width, height):
-            of_image = f" of image {image_path}" if image_path is not None else ""
+            image_name = f"image {image_path}" if image_path is not None else "the image"
             raise ValueError(
-                f"mask {path} is {image.size[0]}x{image.size[1]} (WxH), but the "
-                f"image{of_image} is {width}x{height}"
+                f"mask {path} is {image.size[0]}x{image.size[1]} (WxH), but {image_name} is "
+                f"{width}x{height}"
             )
         image = _decode(image, path, "mask")
         mask = _mask_pixels(image)
