@@ -137,8 +137,7 @@ def read_split_csv(root: str | Path, split: str | Sequence[str] | None = None) -
         missing = [c for c in CSV_COLUMNS if c not in header]
         if missing:
             raise DatasetError(
-                f"{csv_path}: missing columns {missing}; expected {list(CSV_COLUMNS)}, "
-                f"got {header}"
+                f"{csv_path}: missing columns {missing}; expected {list(CSV_COLUMNS)}, got {header}"
             )
         rows = [(line, row) for line, row in enumerate(reader, start=2)]
 
@@ -297,7 +296,10 @@ def _attach_impurities(
     if unused:
         logger.warning(
             "%s: %d impurity masks match no %s image, e.g. %s",
-            folder, len(unused), split, sorted(unused)[0],
+            folder,
+            len(unused),
+            split,
+            sorted(unused)[0],
         )
     return result
 
@@ -335,8 +337,10 @@ def split_validation(
         count = int(round(fraction * len(indices)))
         in_val[rng.permutation(indices)[:count]] = True
 
-    val = [dataclasses.replace(s, split="val") for s, v in zip(samples, in_val) if v]
-    test = [dataclasses.replace(s, split="test") for s, v in zip(samples, in_val) if not v]
+    val = [dataclasses.replace(s, split="val") for s, v in zip(samples, in_val, strict=True) if v]
+    test = [
+        dataclasses.replace(s, split="test") for s, v in zip(samples, in_val, strict=True) if not v
+    ]
     return val, test
 
 
@@ -399,8 +403,11 @@ def load_dataset(
         dataset["val"], dataset["test"] = split_validation(dataset["test"], val_fraction, seed)
         logger.info(
             "%s has no val split: moved %d of %d test samples to val (fraction %g, seed %d)",
-            root, len(dataset["val"]), len(dataset["val"]) + len(dataset["test"]),
-            val_fraction, seed,
+            root,
+            len(dataset["val"]),
+            len(dataset["val"]) + len(dataset["test"]),
+            val_fraction,
+            seed,
         )
     elif "val" in splits and not dataset["val"]:
         logger.warning("%s has no val split; pass val_fraction to split the test samples", root)
@@ -541,9 +548,7 @@ def _header_size(path: Path, what: str, problems: list[str]) -> tuple[int, int] 
         return None
 
 
-def validate_samples(
-    samples: Sequence[Sample], split: str, root: str | Path | None = None
-) -> None:
+def validate_samples(samples: Sequence[Sample], split: str, root: str | Path | None = None) -> None:
     """Checks the files of one split cheaply and reports every problem at once.
 
     Reads only the image headers: checks that each image, mask and impurity mask exists and

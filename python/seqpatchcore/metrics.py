@@ -97,9 +97,7 @@ class Confusion(NamedTuple):
         """FP / (FP + TN); raises without good samples."""
         negatives = self.false_positives + self.true_negatives
         if negatives == 0:
-            raise UndefinedMetricError(
-                "the false-positive rate is undefined without good samples"
-            )
+            raise UndefinedMetricError("the false-positive rate is undefined without good samples")
         return self.false_positives / negatives
 
 
@@ -175,7 +173,7 @@ def _pairs(
         )
 
     pairs = []
-    for i, (label, score) in enumerate(zip(label_blocks, score_blocks)):
+    for i, (label, score) in enumerate(zip(label_blocks, score_blocks, strict=True)):
         at = f"[{i}]" if per_image or len(score_blocks) > 1 else ""
         if score is None:
             raise ValueError(f"{scores_name}{at}: expected an array of scores, got None")
@@ -265,9 +263,7 @@ class _SortedScores:
             inside = below < self.negative.size
             tied = np.flatnonzero(inside)
             tied = tied[self.negative[below[tied]] == self.positive[tied]]
-            not_above[tied] = np.searchsorted(
-                self.negative, self.positive[tied], side="right"
-            )
+            not_above[tied] = np.searchsorted(self.negative, self.positive[tied], side="right")
             self._counts = (below, not_above)
         return self._counts
 
@@ -580,7 +576,7 @@ def _defect_recall(
 ) -> dict[str, Any]:
     found_of_type: dict[str, int] = {}
     total_of_type: dict[str, int] = {}
-    for i, ((_, score), (region_map, count)) in enumerate(zip(pairs, regions)):
+    for i, ((_, score), (region_map, count)) in enumerate(zip(pairs, regions, strict=True)):
         if count == 0:
             continue
         alarm = score >= _cast_threshold(threshold, score.dtype)

@@ -112,12 +112,15 @@ def test_split_csv_reads_and_filters(tmp_path):
     root = tiny_csv_dataset(tmp_path)
     everything = data.read_split_csv(root)
     assert [(s.split, s.label, s.image.name) for s in everything] == [
-        ("train", "good", "a.png"), ("val", "good", "b.png"), ("test", "crack", "c.png"),
+        ("train", "good", "a.png"),
+        ("val", "good", "b.png"),
+        ("test", "crack", "c.png"),
     ]
     assert everything[0].mask is None and everything[2].mask == root / "c_mask.png"
     assert [s.image.name for s in data.read_split_csv(root, "val")] == ["b.png"]
     assert [s.image.name for s in data.read_split_csv(root, ["train", "test"])] == [
-        "a.png", "c.png",
+        "a.png",
+        "c.png",
     ]
     with pytest.raises(ValueError, match="split: expected split names"):
         data.read_split_csv(root, "validation")
@@ -185,7 +188,11 @@ def test_mvtec_layout_is_read(tmp_path):
 
     assert [s.name for s in dataset["train"]] == ["000", "001", "002"]
     assert [(s.label, s.name) for s in dataset["test"]] == [
-        ("crack", "000"), ("crack", "001"), ("dent", "000"), ("good", "000"), ("good", "001"),
+        ("crack", "000"),
+        ("crack", "001"),
+        ("dent", "000"),
+        ("good", "000"),
+        ("good", "001"),
     ]
     assert [(s.label, s.name) for s in dataset["val"]] == [("crack", "100"), ("good", "100")]
     crack = dataset["test"][0]
@@ -231,8 +238,9 @@ def test_split_validation_is_stratified_and_seeded(tmp_path):
     assert {s.split for s in val} == {"val"} and {s.split for s in test} == {"test"}
     assert sorted(s.image for s in val + test) == sorted(s.image for s in samples)
     assert data.split_validation(samples, 0.5, seed=1) == (val, test)
-    draws = {tuple(s.image for s in data.split_validation(samples, 0.5, seed)[0])
-             for seed in range(5)}
+    draws = {
+        tuple(s.image for s in data.split_validation(samples, 0.5, seed)[0]) for seed in range(5)
+    }
     assert len(draws) > 1
     with pytest.raises(ValueError, match="fraction"):
         data.split_validation(samples, 1.0, seed=0)
@@ -280,8 +288,9 @@ def test_validate_reports_every_problem(tmp_path):
 
 
 def test_validate_rejects_empty_and_defective_training_splits(tmp_path):
-    with pytest.raises(DatasetError, match=f"no training images found in {tmp_path} for split "
-                                           "'train'"):
+    with pytest.raises(
+        DatasetError, match=f"no training images found in {tmp_path} for split 'train'"
+    ):
         data.validate_samples([], "train", tmp_path)
     image = save(tmp_path / "a.png", grey(5, 6))
     mask = save(tmp_path / "a_mask.png", grey(5, 6))
@@ -309,8 +318,7 @@ def test_load_image_converts_every_mode(tmp_path):
     assert np.array_equal(loaded[:, :, 1], [[0, 1, 255], [128, 254, 0]])
     palette = Image.fromarray(rgb).convert("P", palette=Image.Palette.ADAPTIVE, colors=8)
     palette.save(tmp_path / "p.png")
-    assert np.array_equal(data.load_image(tmp_path / "p.png"),
-                          np.asarray(palette.convert("RGB")))
+    assert np.array_equal(data.load_image(tmp_path / "p.png"), np.asarray(palette.convert("RGB")))
 
 
 def test_load_image_errors_name_the_file(tmp_path):
@@ -335,14 +343,19 @@ def test_load_mask_thresholds_at_127(tmp_path):
     assert not data.load_mask(None, (2, 3)).any() and data.load_mask(None, (2, 3)).shape == (2, 3)
     red = np.zeros((2, 3, 3), np.uint8)
     red[0, 0, 0] = 255
-    assert np.array_equal(data.load_mask(save(tmp_path / "red.png", red), (2, 3)),
-                          [[True, False, False], [False, False, False]])
+    assert np.array_equal(
+        data.load_mask(save(tmp_path / "red.png", red), (2, 3)),
+        [[True, False, False], [False, False, False]],
+    )
 
 
 def test_load_mask_size_mismatch_names_both(tmp_path):
     path = save(tmp_path / "m.png", grey(4, 6))
-    with pytest.raises(ValueError, match=r"mask .*m\.png is 6x4 \(WxH\), but image .*a\.png "
-                                         r"is 6x5"):
+    with pytest.raises(
+        ValueError,
+        match=r"mask .*m\.png is 6x4 \(WxH\), but image .*a\.png "
+        r"is 6x5",
+    ):
         data.load_mask(path, (5, 6), tmp_path / "a.png")
     with pytest.raises(FileNotFoundError, match="nothing.png"):
         data.load_mask(tmp_path / "nothing.png", (5, 6))

@@ -25,7 +25,7 @@ def reference_regions(mask):
     mask = np.asarray(mask, dtype=bool)
     seen = np.zeros_like(mask)
     regions = []
-    for start in zip(*np.nonzero(mask)):
+    for start in zip(*np.nonzero(mask), strict=True):
         if seen[start]:
             continue
         seen[start] = True
@@ -53,12 +53,12 @@ def reference_aupro(masks, maps, fpr_limit):
 
     points = [(0.0, 0.0)]
     for t in thresholds:
-        false_alarms = sum(int(((mp >= t) & ~mk).sum()) for mk, mp in zip(masks, maps))
+        false_alarms = sum(int(((mp >= t) & ~mk).sum()) for mk, mp in zip(masks, maps, strict=True))
         overlaps = [np.mean([maps[i][y, x] >= t for y, x in pixels]) for i, pixels in regions]
         points.append((false_alarms / n_good, float(np.mean(overlaps))))
 
     area = 0.0
-    for (x0, y0), (x1, y1) in zip(points, points[1:]):
+    for (x0, y0), (x1, y1) in zip(points, points[1:], strict=False):
         if x0 >= fpr_limit:
             break
         if x1 > fpr_limit:
@@ -71,7 +71,7 @@ def reference_aupro(masks, maps, fpr_limit):
 
 def reference_defect_recall(masks, maps, threshold, min_fraction):
     found = total = 0
-    for mask, score in zip(masks, maps):
+    for mask, score in zip(masks, maps, strict=True):
         for pixels in reference_regions(mask):
             hits = sum(score[y, x] >= threshold for y, x in pixels)
             total += 1
@@ -293,8 +293,9 @@ def test_aupro_errors():
     with pytest.raises(metrics.UndefinedMetricError, match="without defect regions"):
         metrics.aupro([np.zeros((3, 3), bool)], [np.zeros((3, 3))])
     with pytest.raises(ValueError, match=r"masks\[1\] has shape \(3, 3\).*\(3, 4\)"):
-        metrics.aupro([np.ones((2, 2), bool), np.ones((3, 3), bool)],
-                      [np.zeros((2, 2)), np.zeros((3, 4))])
+        metrics.aupro(
+            [np.ones((2, 2), bool), np.ones((3, 3), bool)], [np.zeros((2, 2)), np.zeros((3, 4))]
+        )
     with pytest.raises(ValueError, match="fpr_limit"):
         metrics.aupro([np.eye(3, dtype=bool)], [np.zeros((3, 3))], fpr_limit=0.0)
     with pytest.raises(ValueError, match=r"anomaly_maps\[0\] contains NaN"):
@@ -334,8 +335,10 @@ def test_defect_recall_min_fraction():
     score = np.zeros(mask.shape)
     score[0, 0] = 1.0  # 1 of 4 block pixels
     score[3, 3] = score[4, 4] = 1.0  # 2 of 3 diagonal pixels
-    found = [metrics.defect_recall([mask], [score], 1.0, min_fraction=f)["found"] for f in
-             (0.0, 0.25, 0.5, 0.66, 2 / 3)]
+    found = [
+        metrics.defect_recall([mask], [score], 1.0, min_fraction=f)["found"]
+        for f in (0.0, 0.25, 0.5, 0.66, 2 / 3)
+    ]
     # More than 25% is not met by 1/4; more than 2/3 is not met by 2/3.
     assert found == [2, 1, 1, 1, 0]
     with pytest.raises(ValueError, match="min_fraction"):
@@ -484,7 +487,11 @@ def test_evaluate_agrees_with_the_single_metrics():
 def test_evaluate_on_good_images_only_reports_undefined_metrics():
     maps = [np.random.default_rng(1).random((4, 4)) for _ in range(3)]
     result = metrics.evaluate(
-        np.zeros(3, bool), [0.1, 0.2, 0.3], [None] * 3, maps, image_threshold=0.15,
+        np.zeros(3, bool),
+        [0.1, 0.2, 0.3],
+        [None] * 3,
+        maps,
+        image_threshold=0.15,
         pixel_threshold=0.5,
     )
     json.dumps(result, allow_nan=False)
