@@ -498,6 +498,8 @@ def _mask_map_pairs(
 ) -> list[tuple[np.ndarray | None, np.ndarray]]:
     mask_list = _as_images(masks, masks_name)
     map_list = _as_images(anomaly_maps, "anomaly_maps")
+    if not map_list:
+        raise ValueError("anomaly_maps: expected at least one [H, W] map, got none")
     return _pairs(mask_list, map_list, masks_name, "anomaly_maps", per_image=True)
 
 
@@ -789,6 +791,8 @@ def evaluate(
         image_labels, image_scores, "image_labels", "image_scores"
     )
     n_images = image_scores.size
+    if n_images == 0:
+        raise ValueError("image_scores: expected at least one image, got none")
     _check_defect_types(defect_types, n_images)
 
     images = _gather([(image_labels, image_scores)], "image_scores")

@@ -300,6 +300,8 @@ def test_aupro_errors():
         metrics.aupro([np.eye(3, dtype=bool)], [np.zeros((3, 3))], fpr_limit=0.0)
     with pytest.raises(ValueError, match=r"anomaly_maps\[0\] contains NaN"):
         metrics.aupro([np.eye(3, dtype=bool)], [np.full((3, 3), np.nan)])
+    with pytest.raises(ValueError, match="at least one"):
+        metrics.aupro([], [])
 
 
 # ---------------------------------------------------------------------------------------------
@@ -512,6 +514,8 @@ def test_evaluate_errors():
         metrics.evaluate(labels, scores, masks[:4], maps[:4])
     with pytest.raises(ValueError, match="image_labels and image_scores"):
         metrics.evaluate(labels[:5], scores)
+    with pytest.raises(ValueError, match="at least one image"):
+        metrics.evaluate([], [])
     with pytest.raises(ValueError, match="both or neither"):
         metrics.evaluate(labels, scores, masks=masks)
     nan_maps = [m.copy() for m in small_split(12)[3]]
