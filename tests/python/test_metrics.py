@@ -1,7 +1,6 @@
 """Tests of seqpatchcore.metrics against scikit-learn, brute-force references and hand counts."""
 
 import json
-import time
 from collections import deque
 
 import numpy as np
@@ -526,20 +525,3 @@ def test_evaluate_errors():
         metrics.evaluate(labels, np.r_[scores[:-1], np.nan])
 
 
-@pytest.mark.slow
-def test_evaluate_speed_on_400_maps():
-    rng = np.random.default_rng(0)
-    maps = [rng.random((400, 630), dtype=np.float32) for _ in range(400)]
-    masks = [np.zeros((400, 630), bool) for _ in range(400)]
-    for i in range(0, 400, 2):
-        masks[i][100:130, 200:260] = True
-        maps[i][masks[i]] += 0.5
-    labels = np.array([m.any() for m in masks])
-    scores = np.array([m.max() for m in maps])
-
-    start = time.perf_counter()
-    result = metrics.evaluate(labels, scores, masks, maps, pixel_threshold=0.9)
-    seconds = time.perf_counter() - start
-
-    assert result["n_pixels"] == 400 * 400 * 630
-    assert seconds < 30, f"evaluate took {seconds:.1f} s on 100.8M pixels"
