@@ -51,8 +51,8 @@ Field backbone_section() {
       "the frozen ImageNet feature extractor",
       {
           text("name", "mobilenet_v3_small_tflite", "which network",
-               {"mobilenet_v3_small_tflite", "torchvision_mobilenet_v3_small",
-                "torchvision_mobilenet_v3_large"}),
+               {"mobilenet_v3_small_tflite", "mobilenet_v2_tflite",
+                "mobilenet_v3_small_torchvision", "mobilenet_v3_large_torchvision"}),
           optional(path("weights",
                         "weights file; when absent, $SEQPATCHCORE_WEIGHTS, then the shared "
                         "folder beside the project")),
