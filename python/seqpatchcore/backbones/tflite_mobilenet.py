@@ -369,13 +369,19 @@ class TFLiteMobileNet(Backbone):
         identity: "tflite:<file name>:sha256=<first 16 hex digits of the file's SHA-256>".
         path: the weights file.
         layer_tensors: layer name -> name of the TFLite tensor that is its output.
-        ops: the replayed operators, in graph order.
+        ops: the replayed operators, in graph order; `ops[k].name` names its output tensor.
+        op_inputs: for each op, the TFLite names of the computed tensors it takes, in order
+            (constant operands live inside the op).
+        quantize_activations: False (default): pure float32 re-execution, used for features.
+            True: every op output is rounded to its 8-bit grid and saturated as the integer
+            kernels do, to check the rebuild against the TFLite interpreter.
     """
 
     def __init__(self, path: Path, identity: str, ops: Sequence[GraphOp],
                  wiring: Sequence[tuple[tuple[int, ...], int]], input_tensor: TensorSpec,
                  logits_tensor: int, layers: dict[str, tuple[int, LayerInfo, str]],
-                 output_grids: Sequence[tuple[float, int, int, int] | None]):
+                 output_grids: Sequence[tuple[float, int, int, int] | None],
+                 tensor_names: dict[int, str]):
         super().__init__()
         self.path = path
         self._file_identity = identity
@@ -383,6 +389,7 @@ class TFLiteMobileNet(Backbone):
         self.ops = torch.nn.ModuleList(ops)
         self._wiring = list(wiring)
         self._output_grids = list(output_grids)
+        self.op_inputs = [tuple(tensor_names[i] for i in inputs) for inputs, _ in self._wiring]
         self._input_id = input_tensor.index
         self._input_range = input_tensor.value_range()
         if self._input_range is None and input_tensor.quantized:
@@ -446,7 +453,8 @@ class TFLiteMobileNet(Backbone):
         identity = f"tflite:{path.name.removesuffix('.tflite')}:sha256={file_sha256(path)[:16]}"
         layers = _spatial_blocks(graph, input_tensor)
         logger.info("rebuilt %d TFLite ops from %s (%s)", len(ops), path, identity)
-        return cls(path, identity, ops, wiring, input_tensor, logits, layers, grids)
+        names = {tensor.index: tensor.name for tensor in graph.tensors}
+        return cls(path, identity, ops, wiring, input_tensor, logits, layers, grids, names)
 
     @property
     def identity(self) -> str:
@@ -643,9 +651,13 @@ def _spatial_blocks(graph: GraphSpec,
     blocks = {}
     for block, tensor_id in last.items():
         shape = graph.tensors[tensor_id].shape
-        if len(shape) != 4 or shape[1] == 1 or height % shape[1] or width % shape[2]:
+        if len(shape) != 4 or (shape[1], shape[2]) == (1, 1):
             continue
-        stride = height // shape[1]
+        # SAME padding maps n cells to ceil(n / s); the smallest such s is the block's stride.
+        stride = next((s for s in range(1, height + 1)
+                       if (-(-height // s), -(-width // s)) == (shape[1], shape[2])), None)
+        if stride is None:
+            continue
         blocks[block] = (tensor_id, LayerInfo(stride, shape[3]), graph.tensors[tensor_id].name)
     return blocks
 
