@@ -189,7 +189,9 @@ class PatchFeatureExtractor:
                     features = self._extract_batch(batch)
                     for offset, index in enumerate(chunk):
                         results[index] = features[offset]
-        return results
+        # Copies made outside inference mode are ordinary tensors, which callers may modify in
+        # place or use in autograd; inference tensors would refuse both.
+        return [item.clone() for item in results]
 
     def _extract_batch(self, batch: torch.Tensor) -> torch.Tensor:
         # batch: [b, 3, H, W] in [0, 1] -> [b, ceil(H / s), ceil(W / s), D]
