@@ -19,6 +19,7 @@ Decisions (see docs/backbone.md):
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 from collections.abc import Sequence
@@ -52,8 +53,10 @@ def compose_patch_features(maps: Sequence[torch.Tensor], pool_size: int = 3) -> 
         raise ValueError(f"pool_size: expected an odd integer >= 1, got {pool_size}")
     for index, feature_map in enumerate(maps):
         if feature_map.dim() != 4 or feature_map.shape[0] != maps[0].shape[0]:
-            raise ValueError(f"maps[{index}]: expected [B, C, h, w] with B = "
-                             f"{maps[0].shape[0]}, got {tuple(feature_map.shape)}")
+            raise ValueError(
+                f"maps[{index}]: expected [B, C, h, w] with B = "
+                f"{maps[0].shape[0]}, got {tuple(feature_map.shape)}"
+            )
 
     finest = max(maps, key=lambda feature_map: feature_map.shape[2] * feature_map.shape[3])
     grid = tuple(finest.shape[2:])
@@ -61,11 +64,13 @@ def compose_patch_features(maps: Sequence[torch.Tensor], pool_size: int = 3) -> 
     levels = []
     for feature_map in maps:
         if pool_size > 1:
-            feature_map = F.avg_pool2d(feature_map, pool_size, stride=1,
-                                       padding=pool_size // 2, count_include_pad=False)
+            feature_map = F.avg_pool2d(
+                feature_map, pool_size, stride=1, padding=pool_size // 2, count_include_pad=False
+            )
         if tuple(feature_map.shape[2:]) != grid:
-            feature_map = F.interpolate(feature_map, size=grid, mode="bilinear",
-                                        align_corners=False)
+            feature_map = F.interpolate(
+                feature_map, size=grid, mode="bilinear", align_corners=False
+            )
         levels.append(feature_map)
     return torch.cat(levels, dim=1)
 
@@ -87,18 +92,30 @@ class PatchFeatureExtractor:
         stride: input pixels per patch (the finest layer stride).
     """
 
-    def __init__(self, backbone: Backbone, layers: Sequence[str] = DEFAULT_LAYERS,
-                 input_size: tuple[int, int] | None = (256, 256), pool_size: int = 3,
-                 batch_size: int = 16, device: str | torch.device = "cpu"):
+    def __init__(
+        self,
+        backbone: Backbone,
+        layers: Sequence[str] = DEFAULT_LAYERS,
+        input_size: tuple[int, int] | None = (256, 256),
+        pool_size: int = 3,
+        batch_size: int = 16,
+        device: str | torch.device = "cpu",
+    ):
         if not isinstance(backbone, Backbone):
-            raise TypeError(f"backbone: expected a seqpatchcore Backbone, got "
-                            f"{type(backbone).__name__}")
+            raise TypeError(
+                f"backbone: expected a seqpatchcore Backbone, got {type(backbone).__name__}"
+            )
         backbone.check_layers(layers)
         if input_size is not None:
-            if (len(input_size) != 2 or not all(isinstance(side, int) for side in input_size)
-                    or min(input_size) < 1):
-                raise ValueError(f"input_size: expected (height, width) of positive ints or "
-                                 f"None, got {input_size!r}")
+            if (
+                len(input_size) != 2
+                or not all(isinstance(side, int) for side in input_size)
+                or min(input_size) < 1
+            ):
+                raise ValueError(
+                    f"input_size: expected (height, width) of positive ints or "
+                    f"None, got {input_size!r}"
+                )
             input_size = (int(input_size[0]), int(input_size[1]))
         if not isinstance(pool_size, int) or pool_size < 1 or pool_size % 2 == 0:
             raise ValueError(f"pool_size: expected an odd integer >= 1, got {pool_size!r}")
@@ -130,9 +147,11 @@ class PatchFeatureExtractor:
     def fingerprint(self) -> str:
         """Stable string identifying the feature space (weights, layers, scale, pooling)."""
         size = "native" if self.input_size is None else "x".join(map(str, self.input_size))
-        return (f"{self.backbone.identity}|layers={','.join(self.layers)}|input={size}"
-                f"|resize=bilinear-antialias|pad=reflect-to-{self._pad_multiple}"
-                f"|pool={self.pool_size}-exclude-pad|upsample=bilinear")
+        return (
+            f"{self.backbone.identity}|layers={','.join(self.layers)}|input={size}"
+            f"|resize=bilinear-antialias|pad=reflect-to-{self._pad_multiple}"
+            f"|pool={self.pool_size}-exclude-pad|upsample=bilinear"
+        )
 
     def __call__(self, images) -> torch.Tensor:
         """Patch features of a batch of images.
@@ -152,9 +171,11 @@ class PatchFeatureExtractor:
         features = self.extract_each(images)
         shapes = {tuple(item.shape[:2]) for item in features}
         if len(shapes) > 1:
-            raise ValueError(f"images: at native resolution (input_size=None) all images must "
-                             f"have one size to be stacked, got patch grids {sorted(shapes)}; "
-                             f"call extract_each() for a list, or set input_size")
+            raise ValueError(
+                f"images: at native resolution (input_size=None) all images must "
+                f"have one size to be stacked, got patch grids {sorted(shapes)}; "
+                f"call extract_each() for a list, or set input_size"
+            )
         if not features:
             grid = self.grid_shape() if self.input_size is not None else (0, 0)
             return torch.empty(0, *grid, self.dim, device=self.device)
@@ -170,28 +191,36 @@ class PatchFeatureExtractor:
             One float32 [h_i, w_i, D] tensor per image on `device`, in input order; same-size
             images are batched together.
         """
-        unit_images = _as_unit_images(images)
-        if self.input_size is not None:
-            unit_images = [_resize(image.to(self.device), self.input_size)
-                           for image in unit_images]
+        items = _as_image_list(images)
 
+        # Images are converted and resized one chunk at a time, so a long list costs the memory
+        # of its inputs and outputs, not of all the float copies at once.
         by_size: dict[tuple[int, int], list[int]] = {}
-        for index, image in enumerate(unit_images):
-            by_size.setdefault(tuple(image.shape[1:]), []).append(index)
+        for index, item in enumerate(items):
+            size = self.input_size or _image_hw(item)
+            by_size.setdefault(size, []).append(index)
 
-        results: list[torch.Tensor | None] = [None] * len(unit_images)
+        results: list[torch.Tensor | None] = [None] * len(items)
         with torch.inference_mode():
-            for size, indices in by_size.items():
+            for indices in by_size.values():
                 for start in range(0, len(indices), self.batch_size):
-                    chunk = indices[start:start + self.batch_size]
+                    chunk = indices[start : start + self.batch_size]
                     # [b, 3, H, W] in [0, 1]
-                    batch = torch.stack([unit_images[i].to(self.device) for i in chunk])
+                    batch = torch.stack([self._load(items[i], i) for i in chunk])
                     features = self._extract_batch(batch)
                     for offset, index in enumerate(chunk):
                         results[index] = features[offset]
         # Copies made outside inference mode are ordinary tensors, which callers may modify in
         # place or use in autograd; inference tensors would refuse both.
         return [item.clone() for item in results]
+
+    def _load(self, item, index: int) -> torch.Tensor:
+        # One input image -> float32 [3, H, W] in [0, 1] on the device, resized if asked.
+        image = item.tensor if isinstance(item, _UnitImage) else _image_to_unit(item, index)
+        image = image.to(self.device)
+        if self.input_size is not None:
+            image = _resize(image, self.input_size)
+        return image
 
     def _extract_batch(self, batch: torch.Tensor) -> torch.Tensor:
         # batch: [b, 3, H, W] in [0, 1] -> [b, ceil(H / s), ceil(W / s), D]
@@ -200,27 +229,46 @@ class PatchFeatureExtractor:
         padded = _pad_to_multiple(batch, self._pad_multiple)
         maps = self.backbone(self.backbone.normalize(padded), self.layers)
         features = compose_patch_features([maps[name] for name in self.layers], self.pool_size)
-        features = features[:, :, :grid[0], :grid[1]]
+        features = features[:, :, : grid[0], : grid[1]]
         return features.permute(0, 2, 3, 1).contiguous().float()
 
 
-def _as_unit_images(images) -> list[torch.Tensor]:
-    """Any accepted image input -> list of float32 [3, H, W] in [0, 1]."""
+@dataclasses.dataclass
+class _UnitImage:
+    """An image already converted: float32 [3, H, W] in [0, 1]."""
+
+    tensor: torch.Tensor
+
+
+def _as_image_list(images) -> list:
+    """Any accepted image input -> list of per-image items (arrays, tensors, _UnitImage)."""
     if isinstance(images, torch.Tensor):
-        if images.dim() == 4 and images.dtype != torch.uint8:
-            return list(to_unit_rgb(images))
-        if images.dtype != torch.uint8:
-            raise ValueError(f"images: a tensor batch must be uint8 [B, H, W, C] / [B, H, W] "
-                             f"or float [B, C, H, W], got {images.dtype} "
-                             f"{tuple(images.shape)}")
-        return list(to_unit_rgb(images))
+        if images.dim() == 4 and images.is_floating_point():
+            return [_UnitImage(image) for image in to_unit_rgb(images)]
+        if images.dtype != torch.uint8 or images.dim() not in (3, 4):
+            raise ValueError(
+                f"images: a tensor batch must be uint8 [B, H, W, C] / [B, H, W] or float "
+                f"[B, C, H, W], got {images.dtype} {tuple(images.shape)}"
+            )
+        return list(images)
     if isinstance(images, np.ndarray):
-        raise TypeError("images: expected a list of arrays (or a tensor batch), got one numpy "
-                        "array; wrap a single image as [image]")
+        raise TypeError(
+            "images: expected a list of arrays (or a tensor batch), got one numpy "
+            "array; wrap a single image as [image]"
+        )
     if not isinstance(images, Sequence):
-        raise TypeError(f"images: expected a list of images or a tensor batch, got "
-                        f"{type(images).__name__}")
-    return [_image_to_unit(image, index) for index, image in enumerate(images)]
+        raise TypeError(
+            f"images: expected a list of images or a tensor batch, got {type(images).__name__}"
+        )
+    return list(images)
+
+
+def _image_hw(item) -> tuple[int, int]:
+    if isinstance(item, _UnitImage):
+        return (item.tensor.shape[1], item.tensor.shape[2])
+    if not isinstance(item, (np.ndarray, torch.Tensor)) or item.ndim < 2:
+        return (-1, -1)  # reported with its index by _image_to_unit
+    return (int(item.shape[0]), int(item.shape[1]))
 
 
 def _image_to_unit(image, index: int) -> torch.Tensor:
@@ -232,13 +280,16 @@ def _image_to_unit(image, index: int) -> torch.Tensor:
         image = np.ascontiguousarray(image) if image.flags.writeable else image.copy()
         image = torch.from_numpy(image)
     elif not isinstance(image, torch.Tensor):
-        raise TypeError(f"images[{index}]: expected a numpy array or tensor, got "
-                        f"{type(image).__name__}")
+        raise TypeError(
+            f"images[{index}]: expected a numpy array or tensor, got {type(image).__name__}"
+        )
     if image.dim() == 2:
         image = image.unsqueeze(-1)
     if image.dim() != 3 or image.shape[-1] not in (1, 3):
-        raise ValueError(f"images[{index}]: expected H x W or H x W x C with C in (1, 3), got "
-                         f"shape {tuple(image.shape)}")
+        raise ValueError(
+            f"images[{index}]: expected H x W or H x W x C with C in (1, 3), got "
+            f"shape {tuple(image.shape)}"
+        )
     if image.dtype == torch.uint8:
         return to_unit_rgb(image.unsqueeze(0))[0]
     if not image.is_floating_point():
@@ -253,8 +304,9 @@ def _resize(image: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     # image: [3, H, W] -> [3, size[0], size[1]]
     if tuple(image.shape[1:]) == size:
         return image
-    resized = F.interpolate(image.unsqueeze(0), size=size, mode="bilinear", align_corners=False,
-                            antialias=True)
+    resized = F.interpolate(
+        image.unsqueeze(0), size=size, mode="bilinear", align_corners=False, antialias=True
+    )
     # Antialiased bilinear can overshoot by rounding; keep the [0, 1] contract.
     return resized[0].clamp(0.0, 1.0)
 

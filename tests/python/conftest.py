@@ -8,8 +8,9 @@ from pathlib import Path
 import pytest
 
 SHARED_ENV = "SEQPATCHCORE_SHARED"
-MOBILENET_V3_SMALL = Path("weights/mobilenet_v3_small_1.0_224_uint8/"
-                          "mobilenet_v3_small_1.0_224.uint8.tflite")
+MOBILENET_V3_SMALL = Path(
+    "weights/mobilenet_v3_small_1.0_224_uint8/mobilenet_v3_small_1.0_224.uint8.tflite"
+)
 
 
 def _shared_location() -> tuple[Path, str]:
@@ -28,8 +29,11 @@ def shared_dir() -> Path:
     """
     path, origin = _shared_location()
     if not path.is_dir():
-        pytest.fail(f"shared folder not found at {path} (from {origin}); check out the "
-                    f"project's shared folder there or set {SHARED_ENV}", pytrace=False)
+        pytest.fail(
+            f"shared folder not found at {path} (from {origin}); check out the "
+            f"project's shared folder there or set {SHARED_ENV}",
+            pytrace=False,
+        )
     return path
 
 

@@ -33,8 +33,8 @@ from seqpatchcore.backbones import (
     TFLiteFormatError,
     available_backbones,
     load_backbone,
+    tflite_mobilenet,
 )
-from seqpatchcore.backbones import tflite_mobilenet
 from seqpatchcore.backbones.tflite_mobilenet import Conv, TFLiteMobileNet, same_padding
 
 PHOTOS = ("eagle", "dog", "giraffe", "kite", "horses")
@@ -50,8 +50,11 @@ def _interpreter(model: Path, reference_kernels: bool = False):
     from ai_edge_litert.interpreter import Interpreter, OpResolverType
 
     resolver = OpResolverType.BUILTIN_REF if reference_kernels else OpResolverType.AUTO
-    interpreter = Interpreter(model_path=str(model), experimental_op_resolver_type=resolver,
-                              experimental_preserve_all_tensors=True)
+    interpreter = Interpreter(
+        model_path=str(model),
+        experimental_op_resolver_type=resolver,
+        experimental_preserve_all_tensors=True,
+    )
     interpreter.allocate_tensors()
     return interpreter
 
@@ -159,7 +162,7 @@ def test_each_op_matches_tflite_within_one_step(mobilenet_v3, mobilenet_v3_path,
         return tensor.permute(0, 3, 1, 2) if tensor.dim() == 4 else tensor
 
     worst = []
-    for op, input_names in zip(mobilenet_v3.ops, mobilenet_v3.op_inputs):
+    for op, input_names in zip(mobilenet_v3.ops, mobilenet_v3.op_inputs, strict=True):
         with torch.inference_mode():
             ours = op(*[as_torch(name) for name in input_names])
         expected, scale = _dequantized(interpreter, op.name)
@@ -175,8 +178,9 @@ def test_each_op_matches_tflite_within_one_step(mobilenet_v3, mobilenet_v3_path,
     assert max(worst)[0] <= 1.0, f"ops off by more than one step: {sorted(worst)[-5:]}"
 
 
-def test_quantized_activations_reproduce_tflite_maps(quantized_mobilenet_v3, photos,
-                                                      tflite_results):
+def test_quantized_activations_reproduce_tflite_maps(
+    quantized_mobilenet_v3, photos, tflite_results
+):
     # With every activation rounded to its 8-bit grid, the graph must agree with the default
     # interpreter at least as closely as TFLite's own reference kernels do: that is the
     # resolution at which "equal to TFLite" is defined. The stride-8 block sits before the
@@ -196,12 +200,14 @@ def test_quantized_activations_reproduce_tflite_maps(quantized_mobilenet_v3, pho
         error = np.abs(ours[STRIDE16_TENSOR] - expected).mean() / scale
         floor = np.abs(reference[STRIDE16_TENSOR][0] - expected).mean() / scale
         assert error <= floor, f"{name}: {error:.2f} steps, TFLite kernels: {floor:.2f}"
-        assert (_corr(ours[STRIDE16_TENSOR], expected)
-                >= _corr(reference[STRIDE16_TENSOR][0], expected)), name
+        assert _corr(ours[STRIDE16_TENSOR], expected) >= _corr(
+            reference[STRIDE16_TENSOR][0], expected
+        ), name
 
 
-def test_quantized_activations_reproduce_tflite_classes(quantized_mobilenet_v3, photos,
-                                                         tflite_results):
+def test_quantized_activations_reproduce_tflite_classes(
+    quantized_mobilenet_v3, photos, tflite_results
+):
     for name, image in photos.items():
         ours = _run_ours(quantized_mobilenet_v3, image)[LOGITS_TENSOR]
         default = tflite_results["default"][name][LOGITS_TENSOR][0]
@@ -242,8 +248,7 @@ def test_eagle_is_a_bird(mobilenet_v3, quantized_mobilenet_v3, photos, labels):
     assert labels[100 + offset].startswith("black swan")
     assert labels[127 + offset].startswith("white stork")
     assert labels[146 + offset].startswith("albatross")
-    birds = {index + offset for low, high in IMAGENET_BIRD_RANGES
-             for index in range(low, high + 1)}
+    birds = {index + offset for low, high in IMAGENET_BIRD_RANGES for index in range(low, high + 1)}
 
     for backbone in (mobilenet_v3, quantized_mobilenet_v3):
         top1 = int(np.argmax(_run_ours(backbone, photos["eagle"])[LOGITS_TENSOR]))
@@ -295,17 +300,20 @@ def test_layer_info_reports_strides_and_channels(mobilenet_v3):
     assert mobilenet_v3.layer_tensors["expanded_conv_6"].endswith("project/add_fold")
 
 
-@pytest.mark.parametrize("size, kernel, stride, expected", [
-    (224, 3, 2, (0, 1)),  # out 112: (111 * 2 + 3) - 224 = 1, the extra cell goes after
-    (225, 3, 2, (1, 1)),  # out 113: 226 - 225 + ... = 2
-    (7, 3, 2, (1, 1)),    # out 4: 3 * 2 + 3 - 7 = 2
-    (8, 3, 2, (0, 1)),    # out 4: 9 - 8 = 1
-    (8, 5, 2, (1, 2)),    # out 4: 3 * 2 + 5 - 8 = 3
-    (7, 5, 2, (2, 2)),    # out 4: 11 - 7 = 4
-    (1, 3, 2, (1, 1)),    # out 1: 3 - 1 = 2
-    (14, 5, 1, (2, 2)),   # stride 1: symmetric (k - 1) / 2
-    (9, 1, 2, (0, 0)),    # 1x1 kernel never pads
-])
+@pytest.mark.parametrize(
+    "size, kernel, stride, expected",
+    [
+        (224, 3, 2, (0, 1)),  # out 112: (111 * 2 + 3) - 224 = 1, the extra cell goes after
+        (225, 3, 2, (1, 1)),  # out 113: 226 - 225 + ... = 2
+        (7, 3, 2, (1, 1)),  # out 4: 3 * 2 + 3 - 7 = 2
+        (8, 3, 2, (0, 1)),  # out 4: 9 - 8 = 1
+        (8, 5, 2, (1, 2)),  # out 4: 3 * 2 + 5 - 8 = 3
+        (7, 5, 2, (2, 2)),  # out 4: 11 - 7 = 4
+        (1, 3, 2, (1, 1)),  # out 1: 3 - 1 = 2
+        (14, 5, 1, (2, 2)),  # stride 1: symmetric (k - 1) / 2
+        (9, 1, 2, (0, 0)),  # 1x1 kernel never pads
+    ],
+)
 def test_same_padding_by_hand(size, kernel, stride, expected):
     assert same_padding(size, kernel, stride) == expected
 
@@ -336,12 +344,18 @@ def test_same_conv_stride2_against_tflite(tmp_path, height, width, kernel):
     bias = generator.standard_normal(4).astype(np.float32)
     out_shape = [1, math.ceil(height / 2), math.ceil(width / 2), 4]
     path = tmp_path / "conv.tflite"
-    _write_float_model(path, [
-        dict(name="input", shape=[1, height, width, 3]),
-        dict(name="net/block/weights", shape=list(weight.shape), data=weight),
-        dict(name="net/block/bias", shape=[4], data=bias),
-        dict(name="net/block/conv", shape=out_shape),
-    ], [(tflite.BuiltinOperator.CONV_2D, [0, 1, 2], [3], _conv_options(2))], [0], [3])
+    _write_float_model(
+        path,
+        [
+            dict(name="input", shape=[1, height, width, 3]),
+            dict(name="net/block/weights", shape=list(weight.shape), data=weight),
+            dict(name="net/block/bias", shape=[4], data=bias),
+            dict(name="net/block/conv", shape=out_shape),
+        ],
+        [(tflite.BuiltinOperator.CONV_2D, [0, 1, 2], [3], _conv_options(2))],
+        [0],
+        [3],
+    )
     image = generator.standard_normal((1, height, width, 3)).astype(np.float32)
 
     from ai_edge_litert.interpreter import Interpreter
@@ -356,24 +370,29 @@ def test_same_conv_stride2_against_tflite(tmp_path, height, width, kernel):
     assert backbone.layer_info()["block"].stride == 2
     with torch.inference_mode():
         ours = backbone(torch.from_numpy(image).permute(0, 3, 1, 2), ["block"])["block"]
-    np.testing.assert_allclose(ours.permute(0, 2, 3, 1).numpy(), expected, rtol=1e-4,
-                               atol=1e-4)
+    np.testing.assert_allclose(ours.permute(0, 2, 3, 1).numpy(), expected, rtol=1e-4, atol=1e-4)
 
 
 @pytest.mark.parametrize("height, width", [(256, 256), (200, 320), (97, 131), (320, 180)])
 def test_other_input_sizes_give_ceil_grids(mobilenet_v3, height, width):
-    image = torch.randint(0, 256, (2, height, width, 3), dtype=torch.uint8,
-                          generator=torch.Generator().manual_seed(height + width))
+    image = torch.randint(
+        0,
+        256,
+        (2, height, width, 3),
+        dtype=torch.uint8,
+        generator=torch.Generator().manual_seed(height + width),
+    )
     with torch.inference_mode():
         x = mobilenet_v3.preprocess(image)
         maps = mobilenet_v3(x, ["expanded_conv_2", "expanded_conv_7"])
         logits = mobilenet_v3.classify(x)
 
     assert maps["expanded_conv_2"].shape == (2, 24, math.ceil(height / 8), math.ceil(width / 8))
-    assert maps["expanded_conv_7"].shape == (2, 48, math.ceil(height / 16),
-                                             math.ceil(width / 16))
+    assert maps["expanded_conv_7"].shape == (2, 48, math.ceil(height / 16), math.ceil(width / 16))
     assert mobilenet_v3.feature_shape("expanded_conv_7", (height, width)) == (
-        math.ceil(height / 16), math.ceil(width / 16))
+        math.ceil(height / 16),
+        math.ceil(width / 16),
+    )
     assert logits.shape == (2, 1001)
     assert torch.isfinite(logits).all()
 
@@ -384,8 +403,10 @@ def test_average_pools_are_global_at_other_sizes(mobilenet_v3):
     pools = [op for op in mobilenet_v3.ops if isinstance(op, tflite_mobilenet.GlobalAveragePool)]
     assert len(pools) == 11  # 9 squeeze-excite blocks + 2 in the head
     seen = []
-    handles = [pool.register_forward_hook(lambda module, args, out: seen.append((args[0], out)))
-               for pool in pools]
+    handles = [
+        pool.register_forward_hook(lambda module, args, out: seen.append((args[0], out)))
+        for pool in pools
+    ]
     try:
         with torch.inference_mode():
             image = torch.rand(1, 3, 96, 160, generator=torch.Generator().manual_seed(5))
@@ -398,7 +419,8 @@ def test_average_pools_are_global_at_other_sizes(mobilenet_v3):
     for pooled_input, out in seen:
         assert out.shape == (*pooled_input.shape[:2], 1, 1)
         expected = pooled_input.double().sum(dim=(2, 3), keepdim=True) / (
-            pooled_input.shape[2] * pooled_input.shape[3])
+            pooled_input.shape[2] * pooled_input.shape[3]
+        )
         torch.testing.assert_close(out.double(), expected, rtol=1e-5, atol=1e-5)
 
 
@@ -422,8 +444,10 @@ def test_grayscale_is_replicated(mobilenet_v3):
 
 def test_forward_stops_after_last_requested_layer(mobilenet_v3):
     calls = []
-    handles = [op.register_forward_hook(lambda module, args, out: calls.append(module.name))
-               for op in mobilenet_v3.ops]
+    handles = [
+        op.register_forward_hook(lambda module, args, out: calls.append(module.name))
+        for op in mobilenet_v3.ops
+    ]
     try:
         with torch.inference_mode():
             mobilenet_v3(torch.zeros(1, 3, 64, 64), ["expanded_conv"])
@@ -459,8 +483,10 @@ def test_missing_weights_file_lists_where_it_looked(tmp_path, monkeypatch):
         load_backbone("mobilenet_v3_small_tflite", weights=missing)
     message = str(error.value)
     assert str(missing) in message
-    assert "weights/mobilenet_v3_small_1.0_224_uint8/mobilenet_v3_small_1.0_224.uint8.tflite" \
+    assert (
+        "weights/mobilenet_v3_small_1.0_224_uint8/mobilenet_v3_small_1.0_224.uint8.tflite"
         in message
+    )
     assert "model garden" in message
 
     # A folder from the environment is searched directly and in the two known subfolders.
@@ -468,15 +494,17 @@ def test_missing_weights_file_lists_where_it_looked(tmp_path, monkeypatch):
     with pytest.raises(FileNotFoundError) as error:
         load_backbone("mobilenet_v3_small_tflite")
     message = str(error.value)
-    for folder in (tmp_path, tmp_path / "mobilenet_v3_small_1.0_224_uint8",
-                   tmp_path / "weights" / "mobilenet_v3_small_1.0_224_uint8"):
+    for folder in (
+        tmp_path,
+        tmp_path / "mobilenet_v3_small_1.0_224_uint8",
+        tmp_path / "weights" / "mobilenet_v3_small_1.0_224_uint8",
+    ):
         assert str(folder / "mobilenet_v3_small_1.0_224.uint8.tflite") in message
     assert WEIGHTS_ENV in message
 
     # Neither given: the default place is listed, and the unset variable is named.
     monkeypatch.delenv(WEIGHTS_ENV)
-    monkeypatch.setattr(tflite_mobilenet, "default_weight_folders",
-                        lambda: [tmp_path / "shared"])
+    monkeypatch.setattr(tflite_mobilenet, "default_weight_folders", lambda: [tmp_path / "shared"])
     with pytest.raises(FileNotFoundError) as error:
         load_backbone("mobilenet_v3_small_tflite")
     assert str(tmp_path / "shared") in str(error.value)
@@ -508,17 +536,27 @@ def test_file_that_is_not_tflite(tmp_path, mobilenet_v3_path):
 
 def test_unsupported_op_is_named(tmp_path):
     path = tmp_path / "logistic.tflite"
-    _write_float_model(path, [dict(name="input", shape=[1, 4, 4, 3]),
-                              dict(name="net/block/sigmoid", shape=[1, 4, 4, 3])],
-                       [(tflite.BuiltinOperator.LOGISTIC, [0], [1], None)], [0], [1])
+    _write_float_model(
+        path,
+        [
+            dict(name="input", shape=[1, 4, 4, 3]),
+            dict(name="net/block/sigmoid", shape=[1, 4, 4, 3]),
+        ],
+        [(tflite.BuiltinOperator.LOGISTIC, [0], [1], None)],
+        [0],
+        [1],
+    )
     with pytest.raises(TFLiteFormatError, match=f"{path}.*LOGISTIC.*not supported"):
         TFLiteMobileNet.from_file(path)
 
 
 def test_registry():
-    assert {"mobilenet_v3_small_tflite", "mobilenet_v2_tflite",
-            "mobilenet_v3_small_torchvision",
-            "mobilenet_v3_large_torchvision"} <= set(available_backbones())
+    assert {
+        "mobilenet_v3_small_tflite",
+        "mobilenet_v2_tflite",
+        "mobilenet_v3_small_torchvision",
+        "mobilenet_v3_large_torchvision",
+    } <= set(available_backbones())
     with pytest.raises(ValueError, match="unknown backbone 'resnet'"):
         load_backbone("resnet")
 
@@ -569,10 +607,26 @@ def test_torchvision_adapter_names_blocks_and_normalizes(fake_torchvision, tmp_p
     backbone = load_backbone("mobilenet_v3_small_torchvision", weights=tmp_path)
 
     info = backbone.layer_info()
-    assert list(info) == ["Conv", "expanded_conv", "expanded_conv_1", "expanded_conv_2",
-                          "expanded_conv_3", "expanded_conv_4", "expanded_conv_5", "Conv_1"]
+    assert list(info) == [
+        "Conv",
+        "expanded_conv",
+        "expanded_conv_1",
+        "expanded_conv_2",
+        "expanded_conv_3",
+        "expanded_conv_4",
+        "expanded_conv_5",
+        "Conv_1",
+    ]
     assert [(i.stride, i.channels) for i in info.values()] == [
-        (2, 4), (4, 4), (8, 6), (8, 6), (16, 8), (16, 8), (32, 10), (32, 12)]
+        (2, 4),
+        (4, 4),
+        (8, 6),
+        (8, 6),
+        (16, 8),
+        (16, 8),
+        (32, 10),
+        (32, 12),
+    ]
     digest = hashlib.sha256(path.read_bytes()).hexdigest()[:16]
     assert backbone.identity == f"torchvision:mobilenet_v3_small:sha256={digest}"
 
@@ -620,8 +674,9 @@ def _offsets(builder, start, offsets) -> int:
     return builder.EndVector()
 
 
-def _write_float_model(path: Path, tensors: list[dict], operators: list[tuple],
-                       inputs: list[int], outputs: list[int]) -> None:
+def _write_float_model(
+    path: Path, tensors: list[dict], operators: list[tuple], inputs: list[int], outputs: list[int]
+) -> None:
     """Write a float32 TFLite model: tensors (name, shape, optional data), operators
     (builtin code, input ids, output ids, options builder or None)."""
     builder = flatbuffers.Builder(1024)
@@ -641,7 +696,7 @@ def _write_float_model(path: Path, tensors: list[dict], operators: list[tuple],
         tensor_buffers.append(len(buffers) - 1)
 
     tensor_tables = []
-    for tensor, buffer in zip(tensors, tensor_buffers):
+    for tensor, buffer in zip(tensors, tensor_buffers, strict=True):
         name = builder.CreateString(tensor["name"])
         shape = builder.CreateNumpyVector(np.array(tensor["shape"], dtype=np.int32))
         tflite.TensorStart(builder)

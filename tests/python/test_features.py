@@ -18,8 +18,9 @@ def _mean_pool_valid(feature_map: np.ndarray, size: int) -> np.ndarray:
     out = np.zeros_like(feature_map)
     for i in range(height):
         for j in range(width):
-            window = feature_map[:, max(i - radius, 0):i + radius + 1,
-                                 max(j - radius, 0):j + radius + 1]
+            window = feature_map[
+                :, max(i - radius, 0) : i + radius + 1, max(j - radius, 0) : j + radius + 1
+            ]
             out[:, i, j] = window.reshape(channels, -1).mean(axis=1)
     return out
 
@@ -38,10 +39,9 @@ def _bilinear_half_pixel(feature_map: np.ndarray, height: int, width: int) -> np
             x0 = min(int(math.floor(x)), in_width - 1)
             x1 = min(x0 + 1, in_width - 1)
             wx = x - x0
-            out[:, i, j] = ((1 - wy) * ((1 - wx) * feature_map[:, y0, x0]
-                                        + wx * feature_map[:, y0, x1])
-                            + wy * ((1 - wx) * feature_map[:, y1, x0]
-                                    + wx * feature_map[:, y1, x1]))
+            out[:, i, j] = (1 - wy) * (
+                (1 - wx) * feature_map[:, y0, x0] + wx * feature_map[:, y0, x1]
+            ) + wy * ((1 - wx) * feature_map[:, y1, x0] + wx * feature_map[:, y1, x1])
     return out
 
 
@@ -65,16 +65,21 @@ def extractor(mobilenet_v3) -> PatchFeatureExtractor:
     return PatchFeatureExtractor(mobilenet_v3)
 
 
-@pytest.mark.parametrize("fine, coarse, pool_size", [
-    ((8, 10), (4, 5), 3),   # the usual factor 2
-    ((7, 5), (4, 3), 3),    # odd grids: not an exact factor
-    ((6, 6), (2, 3), 5),    # wider pool, unequal factors
-    ((5, 4), (3, 2), 1),    # no pooling
-])
+@pytest.mark.parametrize(
+    "fine, coarse, pool_size",
+    [
+        ((8, 10), (4, 5), 3),  # the usual factor 2
+        ((7, 5), (4, 3), 3),  # odd grids: not an exact factor
+        ((6, 6), (2, 3), 5),  # wider pool, unequal factors
+        ((5, 4), (3, 2), 1),  # no pooling
+    ],
+)
 def test_composition_matches_hand_reference(fine, coarse, pool_size):
     generator = torch.Generator().manual_seed(fine[0] * 10 + coarse[1])
-    maps = [torch.randn(2, 3, *fine, generator=generator, dtype=torch.float64),
-            torch.randn(2, 4, *coarse, generator=generator, dtype=torch.float64)]
+    maps = [
+        torch.randn(2, 3, *fine, generator=generator, dtype=torch.float64),
+        torch.randn(2, 4, *coarse, generator=generator, dtype=torch.float64),
+    ]
 
     out = compose_patch_features(maps, pool_size)
 
@@ -119,7 +124,8 @@ def test_features_are_the_composed_backbone_maps(mobilenet_v3):
         x = mobilenet_v3.preprocess(torch.from_numpy(padded)[None])
         maps = mobilenet_v3(x, ["expanded_conv_2", "expanded_conv_7"])
     expected = _reference_composition(
-        [maps["expanded_conv_2"].double().numpy(), maps["expanded_conv_7"].double().numpy()], 3)
+        [maps["expanded_conv_2"].double().numpy(), maps["expanded_conv_7"].double().numpy()], 3
+    )
     expected = expected[:, :, :7, :5].transpose(0, 2, 3, 1)
     assert extractor.grid_shape((50, 37)) == (7, 5)
     assert features.shape == (1, 7, 5, 72)
@@ -143,10 +149,12 @@ def test_deterministic_and_independent_of_batching(mobilenet_v3):
 def test_differently_sized_images(mobilenet_v3):
     generator = np.random.default_rng(3)
     gray = generator.integers(0, 256, (100, 80), dtype=np.uint8)
-    images = [gray,
-              generator.integers(0, 256, (300, 200, 3), dtype=np.uint8),
-              generator.random((64, 64)).astype(np.float32),
-              gray[..., None]]
+    images = [
+        gray,
+        generator.integers(0, 256, (300, 200, 3), dtype=np.uint8),
+        generator.random((64, 64)).astype(np.float32),
+        gray[..., None],
+    ]
     resized = PatchFeatureExtractor(mobilenet_v3, input_size=(128, 96), batch_size=3)
     native = PatchFeatureExtractor(mobilenet_v3, input_size=None, batch_size=3)
 
@@ -160,7 +168,11 @@ def test_differently_sized_images(mobilenet_v3):
 
     each = native.extract_each(images)
     assert [tuple(item.shape) for item in each] == [
-        (13, 10, 72), (38, 25, 72), (8, 8, 72), (13, 10, 72)]
+        (13, 10, 72),
+        (38, 25, 72),
+        (8, 8, 72),
+        (13, 10, 72),
+    ]
     with pytest.raises(ValueError, match="extract_each"):
         native(images)
 
@@ -173,6 +185,8 @@ def test_grayscale_equals_replicated_rgb(extractor):
     torch.testing.assert_close(extractor([gray]), extractor([rgb]))
     batch = torch.from_numpy(np.stack([gray, gray]))  # uint8 [B, H, W]
     torch.testing.assert_close(extractor(batch)[1], extractor([rgb])[0])
+    unit_batch = torch.from_numpy(gray)[None, None].float() / 255  # float [B, 1, H, W]
+    torch.testing.assert_close(extractor(unit_batch), extractor([rgb]), rtol=1e-4, atol=1e-4)
 
 
 def test_empty_input(extractor):
@@ -182,10 +196,12 @@ def test_empty_input(extractor):
 def test_fingerprint(mobilenet_v3):
     default = PatchFeatureExtractor(mobilenet_v3)
     again = PatchFeatureExtractor(mobilenet_v3, batch_size=3)
-    variants = [PatchFeatureExtractor(mobilenet_v3, input_size=(224, 224)),
-                PatchFeatureExtractor(mobilenet_v3, input_size=None),
-                PatchFeatureExtractor(mobilenet_v3, pool_size=5),
-                PatchFeatureExtractor(mobilenet_v3, layers=("expanded_conv_1", "expanded_conv_7"))]
+    variants = [
+        PatchFeatureExtractor(mobilenet_v3, input_size=(224, 224)),
+        PatchFeatureExtractor(mobilenet_v3, input_size=None),
+        PatchFeatureExtractor(mobilenet_v3, pool_size=5),
+        PatchFeatureExtractor(mobilenet_v3, layers=("expanded_conv_1", "expanded_conv_7")),
+    ]
 
     assert default.fingerprint() == again.fingerprint()  # batching does not change features
     assert default.fingerprint().startswith(mobilenet_v3.identity + "|")

@@ -42,12 +42,15 @@ __all__ = [
 # name -> factory(weights) building the backbone on the CPU
 _REGISTRY: dict[str, Callable[[str | os.PathLike | None], Backbone]] = {
     "mobilenet_v3_small_tflite": load_tflite_mobilenet,
-    "mobilenet_v2_tflite": functools.partial(load_tflite_mobilenet, file_name=MOBILENET_V2_FILE,
-                                             folder_name=MOBILENET_V2_FOLDER),
-    "mobilenet_v3_small_torchvision": functools.partial(load_torchvision_mobilenet,
-                                                        variant="small"),
-    "mobilenet_v3_large_torchvision": functools.partial(load_torchvision_mobilenet,
-                                                        variant="large"),
+    "mobilenet_v2_tflite": functools.partial(
+        load_tflite_mobilenet, file_name=MOBILENET_V2_FILE, folder_name=MOBILENET_V2_FOLDER
+    ),
+    "mobilenet_v3_small_torchvision": functools.partial(
+        load_torchvision_mobilenet, variant="small"
+    ),
+    "mobilenet_v3_large_torchvision": functools.partial(
+        load_torchvision_mobilenet, variant="large"
+    ),
 }
 
 
@@ -56,8 +59,7 @@ def available_backbones() -> list[str]:
     return sorted(_REGISTRY)
 
 
-def register_backbone(name: str,
-                      factory: Callable[[str | os.PathLike | None], Backbone]) -> None:
+def register_backbone(name: str, factory: Callable[[str | os.PathLike | None], Backbone]) -> None:
     """Make `load_backbone(name, weights)` call `factory(weights)`.
 
     Raises:
@@ -68,8 +70,9 @@ def register_backbone(name: str,
     _REGISTRY[name] = factory
 
 
-def load_backbone(name: str = "mobilenet_v3_small_tflite",
-                  weights: str | os.PathLike | None = None) -> Backbone:
+def load_backbone(
+    name: str = "mobilenet_v3_small_tflite", weights: str | os.PathLike | None = None
+) -> Backbone:
     """Build a frozen backbone from local weights; nothing is downloaded.
 
     Args:

@@ -103,15 +103,19 @@ class Backbone(torch.nn.Module, abc.ABC):
     def check_layers(self, layers: Sequence[str]) -> None:
         """Raise a ValueError naming any entry of `layers` that is not a known layer."""
         if isinstance(layers, str):
-            raise TypeError(f"layers: expected a sequence of layer names, got the string "
-                            f"{layers!r}; write ({layers!r},)")
+            raise TypeError(
+                f"layers: expected a sequence of layer names, got the string "
+                f"{layers!r}; write ({layers!r},)"
+            )
         if len(layers) == 0:
             raise ValueError("layers: expected at least one layer name, got none")
         known = self.layer_info()
         unknown = [name for name in layers if name not in known]
         if unknown:
-            raise ValueError(f"layers: unknown layer(s) {unknown} for backbone "
-                             f"{self.identity}; known layers: {list(known)}")
+            raise ValueError(
+                f"layers: unknown layer(s) {unknown} for backbone "
+                f"{self.identity}; known layers: {list(known)}"
+            )
 
     def feature_shape(self, layer: str, image_hw: tuple[int, int]) -> tuple[int, int]:
         """Grid size of `layer` for an input of `image_hw` = (H, W) pixels.
@@ -146,20 +150,25 @@ def to_unit_rgb(images: torch.Tensor) -> torch.Tensor:
         if images.dim() == 3:
             images = images.unsqueeze(-1)
         if images.dim() != 4 or images.shape[-1] not in (1, 3):
-            raise ValueError(f"images: a uint8 batch must be [B, H, W, C] with C in (1, 3) or "
-                             f"[B, H, W], got shape {tuple(images.shape)}")
+            raise ValueError(
+                f"images: a uint8 batch must be [B, H, W, C] with C in (1, 3) or "
+                f"[B, H, W], got shape {tuple(images.shape)}"
+            )
         # [B, H, W, C] -> [B, C, H, W]
         unit = images.permute(0, 3, 1, 2).to(torch.float32) / 255.0
     elif images.is_floating_point():
         if images.dim() != 4 or images.shape[1] not in (1, 3):
-            raise ValueError(f"images: a float batch must be [B, C, H, W] with C in (1, 3), "
-                             f"got shape {tuple(images.shape)}")
+            raise ValueError(
+                f"images: a float batch must be [B, C, H, W] with C in (1, 3), "
+                f"got shape {tuple(images.shape)}"
+            )
         unit = images.to(torch.float32)
         if unit.numel() > 0:
             low, high = float(unit.min()), float(unit.max())
             if low < 0.0 or high > 1.0 or math.isnan(low) or math.isnan(high):
-                raise ValueError(f"images: float images must have values in [0, 1], got "
-                                 f"[{low:g}, {high:g}]")
+                raise ValueError(
+                    f"images: float images must have values in [0, 1], got [{low:g}, {high:g}]"
+                )
     else:
         raise TypeError(f"images: expected uint8 or floating point, got {images.dtype}")
 
@@ -180,9 +189,13 @@ def file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def resolve_weights(weights: str | os.PathLike | None, patterns: Sequence[str],
-                    subfolders: Sequence[str], default_folders: Sequence[Path],
-                    how_to_get: str) -> Path:
+def resolve_weights(
+    weights: str | os.PathLike | None,
+    patterns: Sequence[str],
+    subfolders: Sequence[str],
+    default_folders: Sequence[Path],
+    how_to_get: str,
+) -> Path:
     """Find a weights file without downloading anything.
 
     Order: the explicit `weights` argument, else the `SEQPATCHCORE_WEIGHTS` environment
@@ -230,6 +243,8 @@ def resolve_weights(weights: str | os.PathLike | None, patterns: Sequence[str],
     if weights is None and not os.environ.get(WEIGHTS_ENV):
         looked.append(f"environment variable {WEIGHTS_ENV} (not set)")
     places = "\n  ".join(looked)
-    raise FileNotFoundError(f"weights file not found. Looked at:\n  {places}\n{how_to_get} "
-                            f"Pass its path as `weights=` or set {WEIGHTS_ENV} to the file or "
-                            f"to a folder holding it. Nothing is downloaded.")
+    raise FileNotFoundError(
+        f"weights file not found. Looked at:\n  {places}\n{how_to_get} "
+        f"Pass its path as `weights=` or set {WEIGHTS_ENV} to the file or "
+        f"to a folder holding it. Nothing is downloaded."
+    )

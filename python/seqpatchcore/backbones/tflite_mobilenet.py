@@ -32,8 +32,16 @@ MOBILENET_V3_SMALL_FOLDER = "mobilenet_v3_small_1.0_224_uint8"
 MOBILENET_V2_FILE = "mobilenet_v2_1.0_224.uint8.tflite"
 MOBILENET_V2_FOLDER = "mobilenet_v2_1.0_224_uint8"
 
-SUPPORTED_OPS = ("CONV_2D", "DEPTHWISE_CONV_2D", "ADD", "MUL", "HARD_SWISH", "AVERAGE_POOL_2D",
-                 "RESHAPE", "SOFTMAX")
+SUPPORTED_OPS = (
+    "CONV_2D",
+    "DEPTHWISE_CONV_2D",
+    "ADD",
+    "MUL",
+    "HARD_SWISH",
+    "AVERAGE_POOL_2D",
+    "RESHAPE",
+    "SOFTMAX",
+)
 
 # Note [Activations from output ranges]
 # ~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~
@@ -49,8 +57,7 @@ SUPPORTED_OPS = ("CONV_2D", "DEPTHWISE_CONV_2D", "ADD", "MUL", "HARD_SWISH", "AV
 # it is not reproduced. An explicit fused activation (float checkpoints) takes precedence.
 _RELU6_LIMIT = 6.0
 
-_TENSOR_DTYPES = {0: np.float32, 2: np.int32, 3: np.uint8, 9: np.int8, 7: np.int16,
-                  4: np.int64}
+_TENSOR_DTYPES = {0: np.float32, 2: np.int32, 3: np.uint8, 9: np.int8, 7: np.int16, 4: np.int64}
 _QUANT_RANGES = {3: (0, 255), 9: (-128, 127)}
 
 
@@ -61,8 +68,11 @@ class TFLiteFormatError(ValueError):
 def _op_names() -> dict[int, str]:
     import tflite
 
-    return {value: key for key, value in vars(tflite.BuiltinOperator).items()
-            if not key.startswith("_") and isinstance(value, int)}
+    return {
+        value: key
+        for key, value in vars(tflite.BuiltinOperator).items()
+        if not key.startswith("_") and isinstance(value, int)
+    }
 
 
 @dataclasses.dataclass
@@ -135,14 +145,15 @@ def read_tflite(path: Path) -> GraphSpec:
 
     raw = path.read_bytes()
     if len(raw) < 8 or raw[4:8] != b"TFL3":
-        raise TFLiteFormatError(f"{path}: not a TFLite flatbuffer (expected the file "
-                                f"identifier b'TFL3' at bytes 4..8, got {raw[4:8]!r})")
+        raise TFLiteFormatError(
+            f"{path}: not a TFLite flatbuffer (expected the file "
+            f"identifier b'TFL3' at bytes 4..8, got {raw[4:8]!r})"
+        )
 
     try:
         model = tflite.Model.GetRootAsModel(raw, 0)
         if model.SubgraphsLength() != 1:
-            raise TFLiteFormatError(f"{path}: expected 1 subgraph, got "
-                                    f"{model.SubgraphsLength()}")
+            raise TFLiteFormatError(f"{path}: expected 1 subgraph, got {model.SubgraphsLength()}")
         graph = model.Subgraphs(0)
         tensors = [_read_tensor(model, graph, k, raw) for k in range(graph.TensorsLength())]
         names = _op_names()
@@ -152,16 +163,23 @@ def read_tflite(path: Path) -> GraphSpec:
             code = model.OperatorCodes(op.OpcodeIndex())
             # Old files only fill the deprecated int8 field; new ones set both.
             builtin = max(code.BuiltinCode(), code.DeprecatedBuiltinCode())
-            ops.append(OpSpec(k, names.get(builtin, f"builtin#{builtin}"),
-                              tuple(int(i) for i in op.InputsAsNumpy()),
-                              tuple(int(i) for i in op.OutputsAsNumpy()), _read_options(op)))
+            ops.append(
+                OpSpec(
+                    k,
+                    names.get(builtin, f"builtin#{builtin}"),
+                    tuple(int(i) for i in op.InputsAsNumpy()),
+                    tuple(int(i) for i in op.OutputsAsNumpy()),
+                    _read_options(op),
+                )
+            )
         inputs = tuple(int(i) for i in graph.InputsAsNumpy())
         outputs = tuple(int(i) for i in graph.OutputsAsNumpy())
     except TFLiteFormatError:
         raise
     except Exception as error:  # a truncated or corrupt flatbuffer fails anywhere inside
-        raise TFLiteFormatError(f"{path}: cannot parse the TFLite flatbuffer "
-                                f"({type(error).__name__}: {error})") from error
+        raise TFLiteFormatError(
+            f"{path}: cannot parse the TFLite flatbuffer ({type(error).__name__}: {error})"
+        ) from error
 
     return GraphSpec(path, tensors, ops, inputs, outputs)
 
@@ -173,8 +191,11 @@ def _read_tensor(model, graph, index: int, raw: bytes) -> TensorSpec:
     axis = 0
     if quant is not None and quant.ScaleLength() > 0:
         scale = quant.ScaleAsNumpy().astype(np.float32)
-        zero = (quant.ZeroPointAsNumpy() if quant.ZeroPointLength() > 0
-                else np.zeros_like(scale, dtype=np.int64))
+        zero = (
+            quant.ZeroPointAsNumpy()
+            if quant.ZeroPointLength() > 0
+            else np.zeros_like(scale, dtype=np.int64)
+        )
         axis = quant.QuantizedDimension()
 
     shape = tuple(int(d) for d in tensor.ShapeAsNumpy()) if tensor.ShapeLength() else ()
@@ -185,18 +206,18 @@ def _read_tensor(model, graph, index: int, raw: bytes) -> TensorSpec:
             payload = buffer.DataAsNumpy().tobytes()
         elif buffer.Offset() > 1:
             # Large models keep constants after the flatbuffer, addressed by offset.
-            payload = raw[buffer.Offset():buffer.Offset() + buffer.Size()]
+            payload = raw[buffer.Offset() : buffer.Offset() + buffer.Size()]
         else:
             payload = b""
         if payload:
             dtype = _TENSOR_DTYPES.get(tensor.Type())
             if dtype is None:
-                raise TFLiteFormatError(f"tensor '{tensor.Name().decode()}' has unsupported "
-                                        f"type code {tensor.Type()}")
+                raise TFLiteFormatError(
+                    f"tensor '{tensor.Name().decode()}' has unsupported type code {tensor.Type()}"
+                )
             data = np.frombuffer(payload, dtype=dtype).reshape(shape)
 
-    return TensorSpec(index, tensor.Name().decode(), shape, tensor.Type(), scale, zero, axis,
-                      data)
+    return TensorSpec(index, tensor.Name().decode(), shape, tensor.Type(), scale, zero, axis, data)
 
 
 def _read_options(op):
@@ -271,9 +292,17 @@ class Conv(GraphOp):
     Weights arrive in torch layout [out, in / groups, kh, kw].
     """
 
-    def __init__(self, name: str, weight: torch.Tensor, bias: torch.Tensor | None,
-                 stride: tuple[int, int], dilation: tuple[int, int], groups: int, same: bool,
-                 activation: str):
+    def __init__(
+        self,
+        name: str,
+        weight: torch.Tensor,
+        bias: torch.Tensor | None,
+        stride: tuple[int, int],
+        dilation: tuple[int, int],
+        groups: int,
+        same: bool,
+        activation: str,
+    ):
         super().__init__(name, activation)
         self.weight = torch.nn.Parameter(weight, requires_grad=False)
         self.bias = None if bias is None else torch.nn.Parameter(bias, requires_grad=False)
@@ -295,15 +324,16 @@ class Conv(GraphOp):
                 # Padding with zeros is exact: the quantized kernels pad with the input zero
                 # point, which stands for 0.0.
                 x = F.pad(x, (left, right, top, bottom))
-        y = F.conv2d(x, self.weight, self.bias, self.stride, padding, self.dilation,
-                     self.groups)
+        y = F.conv2d(x, self.weight, self.bias, self.stride, padding, self.dilation, self.groups)
         return _activate(y, self.activation)
 
     def extra_repr(self) -> str:
         out_channels, _, kernel_h, kernel_w = self.weight.shape
         kind = "depthwise" if self.groups > 1 else "conv"
-        return (f"{kind} {kernel_h}x{kernel_w}/{self.stride[0]} -> {out_channels}, "
-                f"{'SAME' if self.same else 'VALID'}, {super().extra_repr()}")
+        return (
+            f"{kind} {kernel_h}x{kernel_w}/{self.stride[0]} -> {out_channels}, "
+            f"{'SAME' if self.same else 'VALID'}, {super().extra_repr()}"
+        )
 
 
 class Binary(GraphOp):
@@ -377,11 +407,18 @@ class TFLiteMobileNet(Backbone):
             kernels do, to check the rebuild against the TFLite interpreter.
     """
 
-    def __init__(self, path: Path, identity: str, ops: Sequence[GraphOp],
-                 wiring: Sequence[tuple[tuple[int, ...], int]], input_tensor: TensorSpec,
-                 logits_tensor: int, layers: dict[str, tuple[int, LayerInfo, str]],
-                 output_grids: Sequence[tuple[float, int, int, int] | None],
-                 tensor_names: dict[int, str]):
+    def __init__(
+        self,
+        path: Path,
+        identity: str,
+        ops: Sequence[GraphOp],
+        wiring: Sequence[tuple[tuple[int, ...], int]],
+        input_tensor: TensorSpec,
+        logits_tensor: int,
+        layers: dict[str, tuple[int, LayerInfo, str]],
+        output_grids: Sequence[tuple[float, int, int, int] | None],
+        tensor_names: dict[int, str],
+    ):
         super().__init__()
         self.path = path
         self._file_identity = identity
@@ -393,13 +430,16 @@ class TFLiteMobileNet(Backbone):
         self._input_id = input_tensor.index
         self._input_range = input_tensor.value_range()
         if self._input_range is None and input_tensor.quantized:
-            raise TFLiteFormatError(f"{path}: input tensor '{input_tensor.name}' must be uint8 "
-                                    f"or int8 with one scale")
+            raise TFLiteFormatError(
+                f"{path}: input tensor '{input_tensor.name}' must be uint8 or int8 with one scale"
+            )
         self._input_scale = None
         if input_tensor.quantized:
-            self._input_scale = (float(input_tensor.scale[0]),
-                                 float(input_tensor.zero_point[0]),
-                                 _QUANT_RANGES[input_tensor.dtype][0])
+            self._input_scale = (
+                float(input_tensor.scale[0]),
+                float(input_tensor.zero_point[0]),
+                _QUANT_RANGES[input_tensor.dtype][0],
+            )
         self._logits_id = logits_tensor
         self._layers = {name: (tensor, info) for name, (tensor, info, _) in layers.items()}
         self.layer_tensors = {name: tensor_name for name, (_, _, tensor_name) in layers.items()}
@@ -435,8 +475,9 @@ class TFLiteMobileNet(Backbone):
             raise TFLiteFormatError(f"{path}: expected 1 graph input, got {len(graph.inputs)}")
         input_tensor = graph.tensors[graph.inputs[0]]
         if len(input_tensor.shape) != 4 or input_tensor.shape[3] != 3:
-            raise TFLiteFormatError(f"{path}: expected an NHWC RGB input, got shape "
-                                    f"{input_tensor.shape}")
+            raise TFLiteFormatError(
+                f"{path}: expected an NHWC RGB input, got shape {input_tensor.shape}"
+            )
 
         ops, wiring, grids = [], [], []
         for op in graph.ops:
@@ -510,8 +551,9 @@ def _quantization_grid(tensor: TensorSpec) -> tuple[float, int, int, int] | None
     return float(tensor.scale[0]), int(tensor.zero_point[0]), lowest, highest
 
 
-def _fake_quantize(y: torch.Tensor, scale: float, zero: int, lowest: int,
-                   highest: int) -> torch.Tensor:
+def _fake_quantize(
+    y: torch.Tensor, scale: float, zero: int, lowest: int, highest: int
+) -> torch.Tensor:
     # Rounds to the op's output code grid and saturates, as the integer kernels do.
     codes = torch.clamp(torch.round(y / scale) + zero, lowest, highest)
     return (codes - zero) * scale
@@ -520,8 +562,7 @@ def _fake_quantize(y: torch.Tensor, scale: float, zero: int, lowest: int,
 def _check_input(x: torch.Tensor) -> None:
     if not isinstance(x, torch.Tensor) or x.dim() != 4 or x.shape[1] != 3:
         shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
-        raise ValueError(f"x: expected the model input [B, 3, H, W] from preprocess(), got "
-                         f"{shape}")
+        raise ValueError(f"x: expected the model input [B, 3, H, W] from preprocess(), got {shape}")
     if x.dtype != torch.float32:
         raise ValueError(f"x: expected float32 model input from preprocess(), got {x.dtype}")
 
@@ -535,13 +576,17 @@ def _implied_activation(graph: GraphSpec, op: OpSpec) -> str:
 
     fused = getattr(op.options, "FusedActivationFunction", None)
     fused = fused() if fused is not None else 0
-    kinds = {tflite.ActivationFunctionType.NONE: "none",
-             tflite.ActivationFunctionType.RELU: "relu",
-             tflite.ActivationFunctionType.RELU6: "relu6",
-             tflite.ActivationFunctionType.RELU_N1_TO_1: "relu_n1_to_1"}
+    kinds = {
+        tflite.ActivationFunctionType.NONE: "none",
+        tflite.ActivationFunctionType.RELU: "relu",
+        tflite.ActivationFunctionType.RELU6: "relu6",
+        tflite.ActivationFunctionType.RELU_N1_TO_1: "relu_n1_to_1",
+    }
     if fused not in kinds:
-        raise TFLiteFormatError(f"{graph.path}: operator #{op.index} {op.kind} has unsupported "
-                                f"fused activation code {fused}")
+        raise TFLiteFormatError(
+            f"{graph.path}: operator #{op.index} {op.kind} has unsupported "
+            f"fused activation code {fused}"
+        )
     if kinds[fused] != "none":
         return kinds[fused]
 
@@ -561,8 +606,9 @@ def _build_op(graph: GraphSpec, op: OpSpec) -> tuple[GraphOp, tuple[int, ...]]:
     out = graph.tensors[op.outputs[0]]
     where = f"{path}: operator #{op.index} {op.kind} (output '{out.name}')"
     if op.kind not in SUPPORTED_OPS:
-        raise TFLiteFormatError(f"{where} is not supported; supported ops: "
-                                f"{', '.join(SUPPORTED_OPS)}")
+        raise TFLiteFormatError(
+            f"{where} is not supported; supported ops: {', '.join(SUPPORTED_OPS)}"
+        )
     inputs = [graph.tensors[i] if i >= 0 else None for i in op.inputs]
     source = inputs[0]
     if source is None or source.data is not None:
@@ -591,8 +637,16 @@ def _build_op(graph: GraphSpec, op: OpSpec) -> tuple[GraphOp, tuple[int, ...]]:
         same = options.Padding() == tflite.Padding.SAME
         stride = (options.StrideH(), options.StrideW())
         dilation = (options.DilationHFactor(), options.DilationWFactor())
-        module = Conv(out.name, weight.contiguous(), bias, stride, dilation, groups, same,
-                      _implied_activation(graph, op))
+        module = Conv(
+            out.name,
+            weight.contiguous(),
+            bias,
+            stride,
+            dilation,
+            groups,
+            same,
+            _implied_activation(graph, op),
+        )
         return module, (source.index,)
 
     if op.kind in ("ADD", "MUL"):
@@ -605,8 +659,10 @@ def _build_op(graph: GraphSpec, op: OpSpec) -> tuple[GraphOp, tuple[int, ...]]:
             # once moved to the channel axis.
             values = torch.from_numpy(other.dequantize())
             if values.dim() > 1 and values.numel() != 1:
-                raise TFLiteFormatError(f"{where}: constant operand of shape {other.shape} is "
-                                        f"not supported (scalar or channel vector expected)")
+                raise TFLiteFormatError(
+                    f"{where}: constant operand of shape {other.shape} is "
+                    f"not supported (scalar or channel vector expected)"
+                )
             constant = values.reshape(-1, 1, 1) if values.numel() > 1 else values.reshape(())
             dynamic = (source.index,)
         return Binary(out.name, op.kind, constant, _implied_activation(graph, op)), dynamic
@@ -618,15 +674,19 @@ def _build_op(graph: GraphSpec, op: OpSpec) -> tuple[GraphOp, tuple[int, ...]]:
         options = op.options
         window = (options.FilterHeight(), options.FilterWidth())
         if len(source.shape) != 4 or window != source.shape[1:3] or out.shape[1:3] != (1, 1):
-            raise TFLiteFormatError(f"{where}: only global average pools are supported (window "
-                                    f"= input size, 1x1 output); got window {window} over "
-                                    f"input {source.shape}")
+            raise TFLiteFormatError(
+                f"{where}: only global average pools are supported (window "
+                f"= input size, 1x1 output); got window {window} over "
+                f"input {source.shape}"
+            )
         return GlobalAveragePool(out.name, _implied_activation(graph, op)), (source.index,)
 
     if op.kind == "RESHAPE":
         if len(source.shape) != 4 or source.shape[1:3] != (1, 1) or len(out.shape) != 2:
-            raise TFLiteFormatError(f"{where}: only [B, 1, 1, C] -> [B, C] reshapes are "
-                                    f"supported; got {source.shape} -> {out.shape}")
+            raise TFLiteFormatError(
+                f"{where}: only [B, 1, 1, C] -> [B, C] reshapes are "
+                f"supported; got {source.shape} -> {out.shape}"
+            )
         return Flatten(out.name), (source.index,)
 
     # SOFTMAX
@@ -634,8 +694,9 @@ def _build_op(graph: GraphSpec, op: OpSpec) -> tuple[GraphOp, tuple[int, ...]]:
     return Softmax(out.name, beta), (source.index,)
 
 
-def _spatial_blocks(graph: GraphSpec,
-                    input_tensor: TensorSpec) -> dict[str, tuple[int, LayerInfo, str]]:
+def _spatial_blocks(
+    graph: GraphSpec, input_tensor: TensorSpec
+) -> dict[str, tuple[int, LayerInfo, str]]:
     """Block name -> (output tensor id, geometry, TFLite tensor name) for spatial blocks.
 
     A block is the second scope of the op output names ("MobilenetV3/<block>/..."); its output
@@ -654,8 +715,14 @@ def _spatial_blocks(graph: GraphSpec,
         if len(shape) != 4 or (shape[1], shape[2]) == (1, 1):
             continue
         # SAME padding maps n cells to ceil(n / s); the smallest such s is the block's stride.
-        stride = next((s for s in range(1, height + 1)
-                       if (-(-height // s), -(-width // s)) == (shape[1], shape[2])), None)
+        stride = next(
+            (
+                s
+                for s in range(1, height + 1)
+                if (-(-height // s), -(-width // s)) == (shape[1], shape[2])
+            ),
+            None,
+        )
         if stride is None:
             continue
         blocks[block] = (tensor_id, LayerInfo(stride, shape[3]), graph.tensors[tensor_id].name)
@@ -670,9 +737,11 @@ def default_weight_folders() -> list[Path]:
     return [here.parents[4] / "shared"]
 
 
-def load_tflite_mobilenet(weights: str | os.PathLike | None = None,
-                          file_name: str = MOBILENET_V3_SMALL_FILE,
-                          folder_name: str = MOBILENET_V3_SMALL_FOLDER) -> TFLiteMobileNet:
+def load_tflite_mobilenet(
+    weights: str | os.PathLike | None = None,
+    file_name: str = MOBILENET_V3_SMALL_FILE,
+    folder_name: str = MOBILENET_V3_SMALL_FOLDER,
+) -> TFLiteMobileNet:
     """Find and rebuild a TFLite MobileNet checkpoint; nothing is downloaded.
 
     Args:
@@ -685,9 +754,16 @@ def load_tflite_mobilenet(weights: str | os.PathLike | None = None,
     Returns:
         The rebuilt backbone on the CPU, float32, eval mode.
     """
-    how_to_get = (f"The file ships in the project's shared folder as "
-                  f"weights/{folder_name}/{file_name}; the TensorFlow model garden publishes it "
-                  f"with the slim MobileNet checkpoints.")
-    path = resolve_weights(weights, [file_name], [folder_name, f"weights/{folder_name}"],
-                           default_weight_folders(), how_to_get)
+    how_to_get = (
+        f"The file ships in the project's shared folder as "
+        f"weights/{folder_name}/{file_name}; the TensorFlow model garden publishes it "
+        f"with the slim MobileNet checkpoints."
+    )
+    path = resolve_weights(
+        weights,
+        [file_name],
+        [folder_name, f"weights/{folder_name}"],
+        default_weight_folders(),
+        how_to_get,
+    )
     return TFLiteMobileNet.from_file(path)

@@ -37,10 +37,12 @@ def import_torchvision(backbone: str):
         import torchvision
         import torchvision.models  # noqa: F401  (the attribute is used by the caller)
     except Exception as error:
-        raise ImportError(f"backbone {backbone!r} needs torchvision, which is not importable "
-                          f"here ({type(error).__name__}: {error}). Install the torchvision "
-                          f"build that matches torch {torch.__version__}, or use the "
-                          f"'mobilenet_v3_small_tflite' backbone, which needs only torch.") from error
+        raise ImportError(
+            f"backbone {backbone!r} needs torchvision, which is not importable here "
+            f"({type(error).__name__}: {error}). Install the torchvision build that matches "
+            f"torch {torch.__version__}, or use the 'mobilenet_v3_small_tflite' backbone, "
+            f"which needs only torch."
+        ) from error
     return torchvision
 
 
@@ -73,7 +75,7 @@ class TorchvisionMobileNet(Backbone):
         self._info = {}
         probe = torch.zeros(1, 3, _PROBE_SIZE, _PROBE_SIZE)
         with torch.no_grad():
-            for name, block in zip(self._names, features):
+            for name, block in zip(self._names, features, strict=True):
                 probe = block(probe)
                 self._info[name] = LayerInfo(_PROBE_SIZE // probe.shape[2], probe.shape[1])
 
@@ -89,7 +91,9 @@ class TorchvisionMobileNet(Backbone):
         wanted = set(layers)
         stop = max(self._names.index(name) for name in layers)
         outputs = {}
-        for name, block in zip(self._names[:stop + 1], self.network.features):
+        for name, block in zip(
+            self._names[: stop + 1], self.network.features[: stop + 1], strict=True
+        ):
             x = block(x)
             if name in wanted:
                 outputs[name] = x
@@ -99,8 +103,9 @@ class TorchvisionMobileNet(Backbone):
         return self.network(x)
 
 
-def load_torchvision_mobilenet(weights: str | os.PathLike | None = None,
-                               variant: str = "small") -> TorchvisionMobileNet:
+def load_torchvision_mobilenet(
+    weights: str | os.PathLike | None = None, variant: str = "small"
+) -> TorchvisionMobileNet:
     """Build torchvision's MobileNetV3 from a local state-dict file.
 
     Args:
@@ -121,17 +126,20 @@ def load_torchvision_mobilenet(weights: str | os.PathLike | None = None,
     name = f"mobilenet_v3_{variant}"
     torchvision = import_torchvision(f"{name}_torchvision")
 
-    how_to_get = (f"torchvision publishes the ImageNet weights as {name}-<hash>.pth "
-                  f"(torchvision.models.MobileNet_V3_{variant.capitalize()}_Weights); fetch "
-                  f"the file on a machine with internet access and copy it here.")
+    how_to_get = (
+        f"torchvision publishes the ImageNet weights as {name}-<hash>.pth "
+        f"(torchvision.models.MobileNet_V3_{variant.capitalize()}_Weights); fetch "
+        f"the file on a machine with internet access and copy it here."
+    )
     path = resolve_weights(weights, [f"{name}*.pth"], [], [], how_to_get)
 
     network = getattr(torchvision.models, name)(weights=None)
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:
-        raise ValueError(f"{path}: cannot read a torch state dict "
-                         f"({type(error).__name__}: {error})") from error
+        raise ValueError(
+            f"{path}: cannot read a torch state dict ({type(error).__name__}: {error})"
+        ) from error
     if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
         state = state["state_dict"]
     if not isinstance(state, dict):
