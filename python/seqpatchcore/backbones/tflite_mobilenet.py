@@ -364,7 +364,7 @@ class GlobalAveragePool(GraphOp):
     """An AVERAGE_POOL_2D whose window covered the whole map at the native input size.
 
     Made adaptive so that other input sizes still pool the whole map (squeeze-excite and the
-    head). # x: [B, C, H, W] -> [B, C, 1, 1]
+    head): [B, C, H, W] -> [B, C, 1, 1].
     """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -379,6 +379,8 @@ class Flatten(GraphOp):
 
 
 class Softmax(GraphOp):
+    """SOFTMAX over the class axis of [B, classes]."""
+
     def __init__(self, name: str, beta: float):
         super().__init__(name)
         self.beta = beta
@@ -428,8 +430,7 @@ class TFLiteMobileNet(Backbone):
         self._output_grids = list(output_grids)
         self.op_inputs = [tuple(tensor_names[i] for i in inputs) for inputs, _ in self._wiring]
         self._input_id = input_tensor.index
-        self._input_range = input_tensor.value_range()
-        if self._input_range is None and input_tensor.quantized:
+        if input_tensor.quantized and input_tensor.value_range() is None:
             raise TFLiteFormatError(
                 f"{path}: input tensor '{input_tensor.name}' must be uint8 or int8 with one scale"
             )
@@ -505,7 +506,8 @@ class TFLiteMobileNet(Backbone):
 
     def normalize(self, images: torch.Tensor) -> torch.Tensor:
         # images: [B, 3, H, W] in [0, 1] -> [B, 3, H, W] as the float graph sees the
-        # dequantized uint8 input: s * (255 x - z), i.e. about [-1, 1] for MobileNet.
+        # dequantized uint8 input: s * (255 x - z), i.e. about [-1, 1] for MobileNet. A float
+        # input tensor carries no scale; TF-slim MobileNets expect [-1, 1].
         if self._input_scale is None:
             return images * 2.0 - 1.0
         scale, zero, lowest = self._input_scale
