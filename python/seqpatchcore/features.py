@@ -6,15 +6,18 @@ concatenated along channels: one D-dimensional feature per patch of the finest g
 for the default MobileNetV3 layers, so a 256 x 256 image gives 32 x 32 patches of D = 72).
 
 Decisions (see docs/backbone.md):
-- The pool excludes padding from its average (`count_include_pad=False`): a border patch is the
-  mean of its real neighbours instead of being pulled towards zero, which is not a neutral
-  value for these signed, non-zero-mean activations.
+- The pool counts its zero padding in the average (`count_include_pad=True`, torch's and
+  PatchCore's default). Chosen on the magnetic-tile validation split: with a random 1% memory
+  bank, image AUROC is 0.867 counting the padding and 0.654 excluding it (pixel AUROC 0.784
+  and 0.768). Border patches then form their own, consistently damped population; averaged
+  over fewer neighbours instead they are noisy and dominate the image score (the maximum).
 - Before the backbone, an image is padded on the bottom and right, by reflection, to a multiple
   of the coarsest layer's stride, and the result is cropped back to ceil(H / s) x ceil(W / s)
   patches (s = finest stride). The coarse grid is then exactly half the fine one (for strides 8
   and 16), so bilinear resizing aligns cell centres exactly, and border patches see image
   content rather than zeros. A 256 x 256 image needs no padding.
-- Resizing to `input_size` is bilinear with antialiasing (PIL-like when shrinking).
+- Resizing to `input_size` is plain bilinear (half-pixel centres, no antialiasing). On the
+  validation split antialiasing lowered pixel AUROC from 0.784 to 0.774 at equal image AUROC.
 """
 
 from __future__ import annotations
@@ -42,7 +45,7 @@ def compose_patch_features(maps: Sequence[torch.Tensor], pool_size: int = 3) -> 
         maps: feature maps [B, C_i, h_i, w_i] of one batch; the finest grid is the largest
             h_i * w_i.
         pool_size: odd side of the average-pooling window (stride 1, padding pool_size // 2,
-            padding excluded from the average); 1 disables pooling.
+            zero padding counted in the average); 1 disables pooling.
 
     Returns:
         [B, sum C_i, h, w] with (h, w) the finest grid, in the order of `maps`.
@@ -65,7 +68,7 @@ def compose_patch_features(maps: Sequence[torch.Tensor], pool_size: int = 3) -> 
     for feature_map in maps:
         if pool_size > 1:
             feature_map = F.avg_pool2d(
-                feature_map, pool_size, stride=1, padding=pool_size // 2, count_include_pad=False
+                feature_map, pool_size, stride=1, padding=pool_size // 2, count_include_pad=True
             )
         if tuple(feature_map.shape[2:]) != grid:
             feature_map = F.interpolate(
@@ -149,8 +152,8 @@ class PatchFeatureExtractor:
         size = "native" if self.input_size is None else "x".join(map(str, self.input_size))
         return (
             f"{self.backbone.identity}|layers={','.join(self.layers)}|input={size}"
-            f"|resize=bilinear-antialias|pad=reflect-to-{self._pad_multiple}"
-            f"|pool={self.pool_size}-exclude-pad|upsample=bilinear"
+            f"|resize=bilinear|pad=reflect-to-{self._pad_multiple}"
+            f"|pool={self.pool_size}-include-pad|upsample=bilinear"
         )
 
     def __call__(self, images) -> torch.Tensor:
@@ -305,10 +308,9 @@ def _resize(image: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     if tuple(image.shape[1:]) == size:
         return image
     resized = F.interpolate(
-        image.unsqueeze(0), size=size, mode="bilinear", align_corners=False, antialias=True
+        image.unsqueeze(0), size=size, mode="bilinear", align_corners=False, antialias=False
     )
-    # Antialiased bilinear can overshoot by rounding; keep the [0, 1] contract.
-    return resized[0].clamp(0.0, 1.0)
+    return resized[0]
 
 
 def _pad_to_multiple(batch: torch.Tensor, multiple: int) -> torch.Tensor:

@@ -16,7 +16,6 @@ import io
 import logging
 import math
 import os
-import tempfile
 import zipfile
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -31,6 +30,7 @@ from seqpatchcore import _C
 from seqpatchcore.backbones import load_backbone
 from seqpatchcore.data import load_image
 from seqpatchcore.features import DEFAULT_LAYERS, PatchFeatureExtractor
+from seqpatchcore.files import atomic_write
 
 logger = logging.getLogger(__name__)
 
@@ -458,7 +458,12 @@ class SequentialPatchCore:
                              "(fraction needs the number of training patches up front)")
         if len(images) == 0:
             raise ValueError("images: the training set is empty")
-        patches = sum(_patch_count(item, extractor) for item in images)
+        if extractor.input_size is not None:
+            grid = extractor.grid_shape()
+            patches = len(images) * grid[0] * grid[1]
+        else:
+            # Indexing, not iterating: a sequence may decode images when iterated.
+            patches = sum(_patch_count(images[i], extractor) for i in range(len(images)))
         return max(1, int(self.fraction * patches))
 
     def _new_builder(self, dim: int, capacity: int) -> Any:
@@ -503,15 +508,16 @@ class SequentialPatchCore:
             start_pass, start_position = self._resume(checkpoint, images)
 
         for pass_index in range(start_pass, self.passes):
-            stream = images() if callable(images) else images
-            if isinstance(stream, Sequence):
-                order = self._pass_order(len(stream), pass_index)
-                stream = (stream[i] for i in order[start_position:])
+            source = images() if callable(images) else images
+            if isinstance(source, Sequence):
+                order = self._pass_order(len(source), pass_index)
                 total = len(order) - start_position
+                # In stream order the sequence's own iterator may decode ahead.
+                in_order = start_position == 0 and np.array_equal(order, np.arange(len(order)))
+                stream = iter(source) if in_order else (source[i] for i in order[start_position:])
             else:
                 total = None
-                if start_position:
-                    stream = _skip(stream, start_position)
+                stream = _skip(source, start_position) if start_position else source
             position = start_position
             for features in self._stream_features(stream, extractor,
                                                   f"coreset pass {pass_index + 1}", total):
@@ -704,20 +710,8 @@ def _skip(stream: Iterable[ImageLike], count: int) -> Iterator[ImageLike]:
 
 
 def atomic_torch_save(payload: dict[str, Any], path: Path) -> Path:
-    """torch.save to a temporary file beside `path`, then rename: readers never see half."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(handle, "wb") as stream:
-            torch.save(payload, stream)
-            stream.flush()
-            os.fsync(stream.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
-    return path
+    """torch.save through an atomic write: readers never see half a file."""
+    return atomic_write(path, lambda stream: torch.save(payload, stream))
 
 
 def read_payload(path: Path, expected_format: str) -> dict[str, Any]:

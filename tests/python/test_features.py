@@ -12,7 +12,8 @@ from seqpatchcore.features import PatchFeatureExtractor, compose_patch_features
 
 
 def _mean_pool_valid(feature_map: np.ndarray, size: int) -> np.ndarray:
-    # [C, h, w] -> [C, h, w]: mean over the size x size neighbours inside the map.
+    # [C, h, w] -> [C, h, w]: sum over the size x size neighbours inside the map, divided by
+    # size^2 (the zero padding outside the map counts in the average).
     channels, height, width = feature_map.shape
     radius = size // 2
     out = np.zeros_like(feature_map)
@@ -21,7 +22,7 @@ def _mean_pool_valid(feature_map: np.ndarray, size: int) -> np.ndarray:
             window = feature_map[
                 :, max(i - radius, 0) : i + radius + 1, max(j - radius, 0) : j + radius + 1
             ]
-            out[:, i, j] = window.reshape(channels, -1).mean(axis=1)
+            out[:, i, j] = window.reshape(channels, -1).sum(axis=1) / (size * size)
     return out
 
 
