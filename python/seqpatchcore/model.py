@@ -212,6 +212,9 @@ class SequentialPatchCore:
         """Stream more normal images into a fitted or loaded sequential coreset.
 
         On an unfitted model this is `fit` with a single pass; `capacity` must then be set.
+        fit(A + B) and fit(A) then partial_fit(B) give the same coreset when len(A) is a
+        multiple of batch_size: the backbone's float results depend in their last bits on which
+        images share a batch, and the coreset rule is exact, so it sees those bits.
         """
         if not hasattr(self, "coreset_"):
             if self.capacity <= 0:
@@ -397,6 +400,11 @@ class SequentialPatchCore:
                 raise ValueError(f"{name}: expected {expected}, got {value!r}")
         if self.distance not in ("matmul", "exact"):
             raise ValueError(f"distance: expected 'matmul' or 'exact', got {self.distance!r}")
+        if self.checkpoint_every % self.batch_size != 0:
+            # A resumed build must batch its images as the killed one did: the backbone's
+            # float results differ in the last bits between batch compositions.
+            raise ValueError(f"checkpoint_every: expected a multiple of batch_size "
+                             f"({self.batch_size}), got {self.checkpoint_every}")
         if self.passes > 1 and self.method != "sequential":
             raise ValueError(f"passes: only the sequential method streams several passes, got "
                              f"passes={self.passes} with method={self.method!r}")

@@ -219,6 +219,7 @@ def execute(plan: RunPlan, progress: bool = True) -> dict[str, Any]:
         }
 
         write_text(staging / "config.yaml", _C.dump_config(config))
+        write_text(staging / "scores.csv", scores_csv({"val": val, "test": test}))
         write_json(staging / "metrics.json", results)
         write_json(staging / "environment.json", environment(config))
         report.write_run_report(staging, results, test, config)
@@ -259,6 +260,15 @@ def evaluate_split(split: SplitScores, thresholds: dict[str, Any],
         fpr_limit=evaluation["aupro_fpr_limit"],
         min_fraction=evaluation["min_defect_fraction"],
     )
+
+
+def scores_csv(splits: dict[str, SplitScores]) -> str:
+    """One row per scored image: split, label, image path, image score."""
+    rows = ["split,label,image,score"]
+    for name, split in splits.items():
+        for sample, score in zip(split.samples, split.scores, strict=True):
+            rows.append(f"{name},{sample.label},{sample.image},{score:.9g}")
+    return "\n".join(rows) + "\n"
 
 
 def prefetch_images(paths: Iterable[str | os.PathLike], workers: int) -> Iterator[np.ndarray]:

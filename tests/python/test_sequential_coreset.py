@@ -1,8 +1,8 @@
 """The batched C++ sequential coreset against a one-at-a-time reference written here.
 
-The reference recomputes everything by brute force for every feature (all pairwise distances,
-nearest members, the closest pair, second-nearest distances), so it shares no bookkeeping with
-the C++ builder. The builder must give exactly the same members in the same slots.
+The reference (tests/python/reference.py) recomputes everything by brute force for every
+feature, so it shares no bookkeeping with the C++ builder. The builder must give exactly the same
+members in the same slots.
 """
 
 import numpy as np
@@ -11,40 +11,7 @@ import torch
 
 from seqpatchcore import _C
 
-
-def reference_coreset(keys: np.ndarray, capacity: int) -> list[int]:
-    """Stream rows of keys [n, d] through the rule; returns the stream row held by each slot."""
-    keys = keys.astype(np.float64)
-    slots: list[int] = []
-    for row, x in enumerate(keys):
-        if not slots:
-            slots.append(row)
-            continue
-        members = keys[slots]
-        d_p = ((members - x) ** 2).sum(axis=1).min()
-        if len(slots) < capacity:
-            if d_p > 0:
-                slots.append(row)
-            continue
-        if capacity == 1:
-            continue
-
-        pairwise = ((members[:, None, :] - members[None, :, :]) ** 2).sum(axis=2)
-        np.fill_diagonal(pairwise, np.inf)
-        nearest = pairwise.min(axis=1)
-        a = int(np.argmin(nearest))  # first minimum: the lowest slot
-        d_m = nearest[a]
-        if d_p <= d_m:
-            continue
-        b = int(np.argmin(pairwise[a]))
-        second_a = np.sort(pairwise[a])[1]
-        second_b = np.sort(pairwise[b])[1]
-        if second_a != second_b:
-            evicted = a if second_a < second_b else b
-        else:
-            evicted = min(a, b)
-        slots[evicted] = row
-    return slots
+from reference import reference_coreset
 
 
 def build(features: torch.Tensor, capacity: int, chunks: list[int] | None = None, **options):
