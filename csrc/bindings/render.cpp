@@ -6,6 +6,7 @@
 
 #include <opencv2/core.hpp>
 
+#include <optional>
 #include <stdexcept>
 #include <string>
 #include <vector>
@@ -257,7 +258,11 @@ void bind_render(py::module_& m) {
                            amplitude,
                        const py::array_t<float, py::array::c_style | py::array::forcecast>&
                            quantiles,
-                       double slope, const std::string& scale) {
+                       double slope, const std::string& scale,
+                       const std::optional<py::array_t<float, py::array::c_style |
+                                                                 py::array::forcecast>>&
+                           mean_image,
+                       double residual_std) {
              if (amplitude.ndim() != 2 || quantiles.ndim() != 2) {
                throw std::invalid_argument("amplitude and quantiles must be 2-D arrays");
              }
@@ -275,10 +280,29 @@ void bind_render(py::module_& m) {
                          const_cast<float*>(quantiles.data()))
                      .clone();
              model.slope = slope;
+             model.residual_std = residual_std;
+             if (mean_image && mean_image->size() > 0) {
+               if (mean_image->ndim() != 2) {
+                 throw std::invalid_argument("mean_image must be a 2-D array");
+               }
+               model.mean_image = cv::Mat(static_cast<int>(mean_image->shape(0)),
+                                          static_cast<int>(mean_image->shape(1)), CV_32FC1,
+                                          const_cast<float*>(mean_image->data()))
+                                      .clone();
+             }
              model.validate();
              return model;
            }),
-           py::arg("amplitude"), py::arg("quantiles"), py::arg("slope"), py::arg("scale"))
+           py::arg("amplitude"), py::arg("quantiles"), py::arg("slope"), py::arg("scale"),
+           py::arg("mean_image"), py::arg("residual_std"))
+      .def_readonly("residual_std", &SurfaceModel::residual_std)
+      .def_property_readonly("mean_image",
+                             [](const SurfaceModel& m) -> py::object {
+                               if (m.mean_image.empty()) {
+                                 return py::none();
+                               }
+                               return array_from_mat(m.mean_image.clone(), false);
+                             })
       .def_readonly("work_size", &SurfaceModel::work_size)
       .def_property_readonly("scale",
                              [](const SurfaceModel& m) { return spectrum_scale_name(m.scale); })

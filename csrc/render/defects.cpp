@@ -172,10 +172,10 @@ RenderResult render_dent(const cv::Mat& image, const DentParams& params, uint64_
       // h = -(1 - rho^2)^2, so grad h = 4 rho (1 - rho^2) grad rho, and r * grad rho is the
       // unit outward direction for a circle. A positive grad h . light is a wall that faces
       // away from the light: darker.
-      const double grad_x = (u * c - v * s / a) / (r * rho);
-      const double grad_y = (u * s + v * c / a) / (r * rho);
+      const double grad_x = (u * c - v * s / a) / (r * rho);  // r * d(rho)/dx
+      const double grad_y = (u * s + v * c / a) / (r * rho);  // r * d(rho)/dy
       const double slope = 4.0 * rho * (1.0 - rho * rho) / kDentSlopeMax;
-      const double change = params.strength * slope * r * (grad_x * lx + grad_y * ly);
+      const double change = params.strength * slope * (grad_x * lx + grad_y * ly);
       factor[x] = static_cast<float>(std::max(0.0, 1.0 - change));
     }
   }

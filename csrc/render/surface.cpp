@@ -284,16 +284,20 @@ cv::Mat render_surface(SurfaceFamily family, const SurfaceParams& params, cv::Si
 }
 
 // Note [calibrated surfaces]
-// The model keeps two statistics of the real images at a working resolution: the RMS
-// amplitude spectrum (the square root of the mean power spectrum, with a Hann window against
-// the cross of the image borders, rescaled by the window's RMS) and grey-level quantiles per
-// working image. A rendering draws a white Gaussian field, keeps the phases of its DFT and
-// replaces their magnitudes by the fitted amplitude (a random-phase texture), transforms back,
-// and maps its values through the quantiles of one real working image, chosen by the seed, so
-// that the synthetic set spreads over the real images' brightness and contrast. Histogram
-// matching changes the spectrum slightly; we do not iterate the two steps. Frequencies beyond
-// the fitted band (kImage renderings larger than the working grid) follow the power law
-// fitted to the top octave.
+// The model keeps statistics of the real images at a working resolution: for kImage the mean
+// image (what every image shares: the illumination profile, dark tile borders), the RMS
+// amplitude spectrum of the residuals around it (the square root of the mean power spectrum,
+// with a Hann window against the cross of the image borders, rescaled by the window's RMS),
+// the residuals' standard deviation, and grey-level quantiles per working image. A rendering
+// draws a white Gaussian field, keeps the phases of its DFT and replaces their magnitudes by
+// the fitted amplitude (a random-phase texture), transforms back, scales the result to the
+// residual standard deviation, adds the resized mean image, and maps the values through the
+// quantiles of one real working image, chosen by the seed, so that the synthetic set spreads
+// over the real images' brightness and contrast. Random phase cannot place structure (it
+// turns the shared layout into blobs), hence the mean image. Histogram matching changes the
+// spectrum slightly; we do not iterate the two steps. Frequencies beyond the fitted band
+// (kImage renderings larger than the working grid) follow the power law fitted to the top
+// octave.
 
 SpectrumScale parse_spectrum_scale(const std::string& name) {
   if (name == "image") {
@@ -340,6 +344,13 @@ void SurfaceModel::validate() const {
     }
   }
   check_range("model.slope", slope, 0.0, 4.0);
+  check_range("model.residual_std", residual_std, 0.0, std::numeric_limits<double>::max());
+  if (!mean_image.empty() && (mean_image.type() != CV_32FC1 || mean_image.rows != work_size ||
+                              mean_image.cols != work_size)) {
+    throw std::invalid_argument(fmt::format(
+        "model.mean_image must be empty or CV_32FC1 of {}x{}, got {} of {}x{}", work_size,
+        work_size, cv::typeToString(mean_image.type()), mean_image.cols, mean_image.rows));
+  }
 }
 
 namespace {
@@ -505,13 +516,28 @@ SurfaceModel fit_surface_model(const std::vector<cv::Mat>& images,
   model.work_size = n;
   model.scale = params.scale;
   model.quantiles.create(static_cast<int>(working.size()), params.quantile_count + 1, CV_32FC1);
+  if (params.scale == SpectrumScale::kImage) {
+    cv::Mat sum(n, n, CV_64FC1, cv::Scalar(0.0));
+    for (const auto& image : working) {
+      cv::accumulate(image, sum);
+    }
+    sum.convertTo(model.mean_image, CV_32F, 1.0 / static_cast<double>(working.size()));
+  }
+
   const cv::Mat window = hann_window(n);
   const double window_rms = std::sqrt(cv::mean(window.mul(window))[0]);
   cv::Mat power(n, n, CV_64FC1, cv::Scalar(0.0));
+  double variance = 0.0;
   for (size_t i = 0; i < working.size(); ++i) {
-    quantiles_of(working[i], params.quantile_count, model.quantiles.ptr<float>(static_cast<int>(i)));
+    quantiles_of(working[i], params.quantile_count,
+                 model.quantiles.ptr<float>(static_cast<int>(i)));
 
-    cv::Mat centred = (working[i] - cv::mean(working[i])[0]).mul(window);
+    cv::Mat residual = model.mean_image.empty() ? working[i] : working[i] - model.mean_image;
+    cv::Scalar mean;
+    cv::Scalar std_dev;
+    cv::meanStdDev(residual, mean, std_dev);
+    variance += std_dev[0] * std_dev[0];
+    cv::Mat centred = (residual - mean[0]).mul(window);
     cv::Mat spectrum;
     cv::dft(centred, spectrum, cv::DFT_COMPLEX_OUTPUT);
     for (int y = 0; y < n; ++y) {
@@ -534,6 +560,7 @@ SurfaceModel fit_surface_model(const std::vector<cv::Mat>& images,
       0.25f * (model.amplitude.at<float>(c - 1, c) + model.amplitude.at<float>(c + 1, c) +
                model.amplitude.at<float>(c, c - 1) + model.amplitude.at<float>(c, c + 1));
   model.slope = fit_slope(model.amplitude);
+  model.residual_std = std::sqrt(variance / static_cast<double>(working.size()));
 
   logf(LogLevel::kInfo, "surface model: {} working images of {} px, scale {}, slope {:.2f}",
        working.size(), n, spectrum_scale_name(params.scale), model.slope);
@@ -592,6 +619,15 @@ cv::Mat render_surface(const SurfaceModel& model, cv::Size size, int type, uint6
   });
   cv::Mat field;
   cv::dft(spectrum, field, cv::DFT_INVERSE | cv::DFT_REAL_OUTPUT);
+  cv::Scalar mean;
+  cv::Scalar std_dev;
+  cv::meanStdDev(field, mean, std_dev);
+  field = (field - mean[0]) * (std_dev[0] > 0.0 ? model.residual_std / std_dev[0] : 0.0);
+  if (!model.mean_image.empty()) {
+    cv::Mat layout;
+    cv::resize(model.mean_image, layout, size, 0, 0, cv::INTER_LINEAR);
+    field += layout;
+  }
 
   // Histogram matching through a fine histogram of the field: each pixel's mid-rank
   // probability is mapped through the chosen row of quantiles.

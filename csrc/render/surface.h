@@ -90,9 +90,14 @@ struct SurfaceFitParams {
 struct SurfaceModel {
   int work_size = 0;
   SpectrumScale scale = SpectrumScale::kImage;
-  // RMS amplitude spectrum of the windowed, mean-free working images, CV_32FC1
-  // [work_size, work_size], DC at (work_size / 2, work_size / 2).
+  // kImage only: the mean of the working images, CV_32FC1 [work_size, work_size], which
+  // keeps the layout that all images share (illumination, borders); empty for kPixel.
+  cv::Mat mean_image;
+  // RMS amplitude spectrum of the windowed residuals (working image minus mean_image, minus
+  // its own mean), CV_32FC1 [work_size, work_size], DC at (work_size / 2, work_size / 2).
   cv::Mat amplitude;
+  // Standard deviation of the residuals over all pixels of all working images; >= 0.
+  double residual_std = 0.0;
   // Exponent beta of amplitude ~ f^-beta over the top octave of the working band; it extends
   // the spectrum beyond the band for kImage renderings larger than work_size; [0, 4].
   double slope = 0.0;
@@ -108,8 +113,9 @@ struct SurfaceModel {
 SurfaceModel fit_surface_model(const std::vector<cv::Mat>& images,
                                const SurfaceFitParams& params, uint64_t seed);
 
-// Random phase with the model's amplitude spectrum, inverse DFT, then histogram matching to
-// the quantiles of one working image: quantile_row, or one drawn from the seed when -1.
+// Random phase with the model's amplitude spectrum, inverse DFT, scaled to residual_std, plus
+// the mean image resized to `size`, then histogram matching to the quantiles of one working
+// image: quantile_row, or one drawn from the seed when -1.
 // type: CV_8UC1, CV_8UC3, CV_32FC1 or CV_32FC3; values in the units of the fitted images.
 cv::Mat render_surface(const SurfaceModel& model, cv::Size size, int type, uint64_t seed,
                        int quantile_row = -1);
