@@ -528,8 +528,12 @@ def normalize_spec(spec: Mapping[str, Any]) -> dict[str, Any]:
                 raise ValueError(f"{where}.splits: unknown split {split!r}; the spec has "
                                  f"{', '.join(out['splits'])}")
         labels = layer.get("labels")
-        # The largest count must be valid for the renderer (it checks ranges, not the fit).
         checked = make_params(IMPURITIES[kind][0], {**params, "count": count[1]}, where)
+        # Fail now, not halfway through the dataset, when the largest count cannot fit.
+        try:
+            IMPURITIES[kind][1](np.zeros(out["size"], np.uint8), checked, 0)
+        except ValueError as error:
+            raise ValueError(f"{where}: {error}") from error
         resolved = params_to_dict(checked)
         del resolved["count"]
         out["impurities"].append({
