@@ -307,10 +307,13 @@ void bind_render(py::module_& m) {
       .def_property_readonly("scale",
                              [](const SurfaceModel& m) { return spectrum_scale_name(m.scale); })
       .def_readonly("slope", &SurfaceModel::slope)
-      .def_property_readonly(
-          "amplitude", [](const SurfaceModel& m) { return array_from_mat(m.amplitude.clone(), false); })
-      .def_property_readonly(
-          "quantiles", [](const SurfaceModel& m) { return array_from_mat(m.quantiles.clone(), false); });
+      .def_property_readonly("amplitude",
+                             [](const SurfaceModel& m) {
+                               return array_from_mat(m.amplitude.clone(), false);
+                             })
+      .def_property_readonly("quantiles", [](const SurfaceModel& m) {
+        return array_from_mat(m.quantiles.clone(), false);
+      });
 
   r.def(
       "fit_surface_model",

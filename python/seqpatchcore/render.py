@@ -16,6 +16,7 @@ Example:
 
 from __future__ import annotations
 
+import argparse
 import glob
 import hashlib
 import json
@@ -344,7 +345,9 @@ def load_surface_model(path: str | os.PathLike) -> SurfaceModel:
                 mean_image if mean_image.size else None, float(data["residual_std"]),
             )
     except (OSError, KeyError, ValueError) as error:
-        raise ValueError(f"cannot read a surface model from {os.fspath(path)!r}: {error}") from error
+        raise ValueError(
+            f"cannot read a surface model from {os.fspath(path)!r}: {error}"
+        ) from error
 
 
 # --------------------------------------------------------------------------------------------
@@ -891,3 +894,29 @@ def restain_item(item: Mapping[str, Any]) -> tuple[np.ndarray, np.ndarray]:
             raise ValueError(f"{source}: {error}") from error
         np.maximum(mask, layer_mask, out=mask)
     return image, mask
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """``python -m seqpatchcore.render SPEC.json OUT_DIR``: render a dataset from a JSON spec.
+
+    A stand-in until the ``seqpatchcore render`` subcommand reads YAML configs; the spec's keys
+    are the same (docs/render.md).
+    """
+    parser = argparse.ArgumentParser(prog="python -m seqpatchcore.render",
+                                     description="Render a synthetic dataset from a JSON spec.")
+    parser.add_argument("spec", type=Path, help="the dataset spec, JSON")
+    parser.add_argument("out_dir", type=Path, help="output folder")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="re-render existing items; accept a folder of another spec")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        spec = json.loads(args.spec.read_text())
+    except (OSError, json.JSONDecodeError) as error:
+        parser.error(f"cannot read the spec {args.spec}: {error}")
+    manifest = render_dataset(spec, args.out_dir, overwrite=args.overwrite)
+    logger.info("wrote %d items to %s", len(manifest["items"]), args.out_dir)
+
+
+if __name__ == "__main__":
+    main()

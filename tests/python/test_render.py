@@ -7,7 +7,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
-
 from seqpatchcore import render
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -234,3 +233,24 @@ def test_calibrated_surface_matches_the_real_grey_levels(tmp_path, real_tile):
         render.load_surface_model(tmp_path / "missing.npz")
     with pytest.raises(ValueError, match="at least one image"):
         render.fit_surface_model([])
+
+
+@pytest.mark.parametrize(
+    "struct",
+    ["WaterStainParams", "FingerprintParams", "DustParams", "SurfaceParams", "ScratchParams",
+     "DentParams", "BlowholeParams", "CrackParams"],
+)
+def test_docs_list_every_parameter_with_its_default(struct):
+    """docs/render.md has a table per struct: | `field` | unit | range | default | meaning |."""
+    text = (ROOT / "docs" / "render.md").read_text()
+    section = text.split(f"### {struct}\n", 1)[1].split("\n#", 1)[0]
+    documented = {}
+    for line in section.splitlines():
+        if line.startswith("| `"):
+            cells = [c.strip() for c in line.strip("|").split("|")]
+            for name in cells[0].replace("`", "").split(","):
+                documented[name.strip()] = float(cells[3].replace("−", "-"))
+    defaults = render.params_to_dict(getattr(render._R, struct)())
+    assert set(documented) == set(defaults)
+    for name, value in defaults.items():
+        assert documented[name] == pytest.approx(value), name

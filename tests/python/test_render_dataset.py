@@ -13,9 +13,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
-
 import seqpatchcore
+from PIL import Image
 from seqpatchcore import render
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -82,7 +81,8 @@ def test_layout_manifest_and_exact_rerendering(tmp_path):
     scratch = next(i for i in manifest["items"] if i["label"] == "scratch")
     assert scratch["defect"]["params"]["length_px"] == 20.0
     assert "width_px" in scratch["defect"]["params"]  # defaults are written out too
-    dusty = [i for i in manifest["items"] if any(l["kind"] == "dust" for l in i["impurities"])]
+    dusty = [i for i in manifest["items"]
+             if any(layer["kind"] == "dust" for layer in i["impurities"])]
     assert {(i["split"], i["label"]) for i in dusty} == {("test", "good")}
     check_dataset(tmp_path, manifest)
 
@@ -108,7 +108,7 @@ def test_rerun_skips_complete_items_and_overwrite_reproduces_them(tmp_path):
 
 def test_different_seed_different_dataset(tmp_path):
     a = render.render_dataset(SPEC, tmp_path / "a", progress=False)
-    b = render.render_dataset({**SPEC, "seed": 12}, tmp_path / "b", progress=False)
+    render.render_dataset({**SPEC, "seed": 12}, tmp_path / "b", progress=False)
     first = a["items"][0]["image"]
     assert read_png(tmp_path / "a" / first).tobytes() != read_png(tmp_path / "b" / first).tobytes()
 
@@ -223,7 +223,7 @@ def test_stain_real_images(tmp_path):
     manifest = render.stain_real_images(paths, tmp_path, seed=2, progress=False,
                                         params={"count": [1, 2], "radius_px": 15.0})
     assert len(manifest["items"]) == 4
-    for source, item in zip(paths, manifest["items"]):
+    for source, item in zip(paths, manifest["items"], strict=True):
         original = np.asarray(Image.open(source))
         stained = read_png(tmp_path / "test" / "good" / f"{source.stem}.png")
         mask = read_png(tmp_path / "impurities" / "test" / f"{source.stem}_mask.png")
