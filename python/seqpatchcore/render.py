@@ -782,8 +782,10 @@ def render_dataset(
 # Impurities on real images
 
 
-#: Defaults of :func:`stain_real_images`, sized for the magnetic-tile images (100-630 px).
-REAL_STAIN_DEFAULTS = {"count": [1, 2], "radius_px": 22.0}
+#: Defaults of :func:`stain_real_images` for water stains: sized to fit every magnetic-tile
+#: image (100-630 px), and brighter than the surface, as dried limescale looks on dark ferrite.
+REAL_STAIN_DEFAULTS = {"count": [1, 2], "radius_px": 28.0, "strength": -0.35,
+                       "rim_strength": -0.25}
 
 
 def stain_real_images(

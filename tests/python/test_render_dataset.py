@@ -221,7 +221,8 @@ def magnetic_test_good(count: int) -> list[Path]:
 def test_stain_real_images(tmp_path):
     paths = magnetic_test_good(4)
     manifest = render.stain_real_images(paths, tmp_path, seed=2, progress=False,
-                                        params={"count": [1, 2], "radius_px": 15.0})
+                                        params={"count": [1, 2], "radius_px": 15.0,
+                                                "strength": 0.3, "rim_strength": 0.1})
     assert len(manifest["items"]) == 4
     for source, item in zip(paths, manifest["items"], strict=True):
         original = np.asarray(Image.open(source))
@@ -230,11 +231,19 @@ def test_stain_real_images(tmp_path):
         assert stained.shape == original.shape and stained.dtype == np.uint8
         assert (mask == 255).any()
         np.testing.assert_array_equal(stained[mask == 0], original[mask == 0])
-        assert (stained[mask == 255] <= original[mask == 255]).all()  # default: darker
+        assert (stained[mask == 255] <= original[mask == 255]).all()  # strength > 0: darker
         assert item["impurities"][0]["params"]["count"] in (1, 2)
         again, again_mask = render.restain_item(item)
         np.testing.assert_array_equal(again, stained)
         np.testing.assert_array_equal(again_mask, mask)
+
+    # The defaults brighten and fit every image given.
+    default = render.stain_real_images(paths, tmp_path / "default", progress=False)
+    for item in default["items"]:
+        stained = read_png(tmp_path / "default" / item["image"]).astype(int)
+        mask = read_png(tmp_path / "default" / item["impurity_mask"]) == 255
+        original = np.asarray(Image.open(item["source"])).astype(int)
+        assert (stained[mask] >= original[mask]).all() and (stained[mask] > original[mask]).any()
 
     with pytest.raises(ValueError, match="stems must be unique"):
         render.stain_real_images(paths + paths[:1], tmp_path / "dup", progress=False)
