@@ -275,8 +275,11 @@ def _load_image(path: str | os.PathLike) -> np.ndarray:
         raise OSError(f"cannot read image {os.fspath(path)!r}: {error}") from error
 
 
+_IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff"}
+
+
 def fit_surface_model(
-    images: Iterable[np.ndarray | str | os.PathLike],
+    images: Iterable[np.ndarray | str | os.PathLike] | str | os.PathLike,
     work_size: int = 256,
     scale: str = "image",
     crops_per_image: int = 4,
@@ -286,7 +289,8 @@ def fit_surface_model(
     """Fit the amplitude spectrum and grey-level quantiles of real normal images.
 
     Args:
-        images: grey images as uint8/float32 ``[H, W]`` arrays or paths (read as 8-bit grey).
+        images: grey images as uint8/float32 ``[H, W]`` arrays or paths (read as 8-bit grey),
+            or one folder: every image file in it, in name order.
         work_size: side of the square working grid, px, [16, 4096].
         scale: ``"image"`` (resize each image to the grid; spectra in cycles per image, so a
             rendering of size S looks like a real image resized to S) or ``"pixel"`` (random
@@ -299,6 +303,11 @@ def fit_surface_model(
         The :class:`SurfaceModel`; render with :func:`surface`, store with
         :func:`save_surface_model`.
     """
+    if isinstance(images, (str, os.PathLike)):
+        folder = Path(images)
+        if not folder.is_dir():
+            raise ValueError(f"images must be a folder, arrays or paths; {folder} is no folder")
+        images = sorted(p for p in folder.iterdir() if p.suffix.lower() in _IMAGE_SUFFIXES)
     arrays = []
     for i, image in enumerate(images):
         if isinstance(image, (str, os.PathLike)):
@@ -470,7 +479,8 @@ def normalize_spec(spec: Mapping[str, Any]) -> dict[str, Any]:
             fit = dict(surface_spec["fit"])
             _check_keys("spec.surface.fit", fit, _FIT_KEYS)
             if "images" not in fit:
-                raise ValueError("spec.surface.fit.images is required (a glob or a list of paths)")
+                raise ValueError("spec.surface.fit.images is required (a glob, a folder or a "
+                                 "list of paths)")
             fit.setdefault("limit", None)
             fit.setdefault("work_size", 256)
             fit.setdefault("scale", "image")
@@ -556,7 +566,10 @@ def _spec_hash(spec: Mapping[str, Any]) -> str:
 
 def _fit_images(fit: Mapping[str, Any]) -> list[str]:
     images = fit["images"]
-    if isinstance(images, (str, os.PathLike)):
+    if isinstance(images, (str, os.PathLike)) and os.path.isdir(images):
+        paths = sorted(os.fspath(p) for p in Path(images).iterdir()
+                       if p.suffix.lower() in _IMAGE_SUFFIXES)
+    elif isinstance(images, (str, os.PathLike)):
         paths = sorted(glob.glob(os.fspath(images)))
     else:
         paths = [os.fspath(p) for p in images]

@@ -234,6 +234,14 @@ def test_calibrated_surface_matches_the_real_grey_levels(tmp_path, real_tile):
     with pytest.raises(ValueError, match="at least one image"):
         render.fit_surface_model([])
 
+    # A folder: every image file in it, in name order.
+    for k, path in enumerate(paths[:3]):
+        (tmp_path / f"{k}.jpg").write_bytes(path.read_bytes())
+    (tmp_path / "notes.txt").write_text("not an image")
+    from_folder = render.fit_surface_model(tmp_path, work_size=64)
+    from_paths = render.fit_surface_model(paths[:3], work_size=64)
+    np.testing.assert_array_equal(from_folder.quantiles, from_paths.quantiles)
+
 
 @pytest.mark.parametrize(
     "struct",
