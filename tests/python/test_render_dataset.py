@@ -146,7 +146,8 @@ def test_colour_and_calibrated_datasets(tmp_path):
         "size": [32, 32],
         "channels": 3,
         "surface": {"family": "calibrated",
-                    "fit": {"images": os.fspath(paths[0].parent), "limit": 4, "work_size": 32}},
+                    "fit": {"images": os.fspath(paths[0].parent / "*.jpg"), "limit": 4,
+                            "work_size": 32}},
         "splits": {"test": {"good": 2, "crack": 1}},
         "impurities": [{"kind": "fingerprints", "params": {"size_px": 10.0}}],
     }
