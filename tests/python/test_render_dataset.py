@@ -251,3 +251,14 @@ def test_stain_real_images(tmp_path):
     with pytest.raises(ValueError, match=r"stain.radius_px must be > 0"):
         render.stain_real_images(paths, tmp_path / "bad", params={"radius_px": 0.0},
                                  progress=False)
+
+
+def test_command_line_renders_a_json_spec(tmp_path):
+    spec_path = tmp_path / "spec.json"
+    spec_path.write_text(json.dumps({"seed": 4, "size": [24, 24],
+                                     "splits": {"test": {"good": 1, "dent": 1}}}))
+    render.main([str(spec_path), str(tmp_path / "out")])
+    manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
+    check_dataset(tmp_path / "out", manifest)
+    with pytest.raises(SystemExit):
+        render.main([str(tmp_path / "missing.json"), str(tmp_path / "out2")])
