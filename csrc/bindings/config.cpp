@@ -82,7 +82,7 @@ YAML::Node from_python(const py::handle& value, const std::string& key) {
     return out;
   }
   throw config::ConfigError("config value of '" + key + "' has an unsupported type " +
-                            std::string(py::str(value.get_type().attr("__name__"))));
+                            std::string(py::str(py::type::handle_of(value).attr("__name__"))));
 }
 
 py::tuple loaded_to_python(const config::Loaded& loaded, const Field& schema) {

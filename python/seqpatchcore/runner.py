@@ -127,8 +127,8 @@ def plan_run(config: dict[str, Any], locations: dict[str, str],
     try:
         load_backbone(config["backbone"]["name"], config["backbone"]["weights"])
     except FileNotFoundError as error:
-        raise RunError(f"{locations.get('backbone.weights', 'backbone.weights')}: {error}") \
-            from error
+        raise RunError(f"{locations.get('backbone.weights', 'default')}: backbone.weights: "
+                       f"{error}") from error
     return RunPlan(config, locations, selected, output_dir, config_file)
 
 
