@@ -34,7 +34,8 @@ def _build_parser() -> argparse.ArgumentParser:
         description="The main job. Writes <output.dir>/ with config.yaml (resolved), "
                     "metrics.json, defects.md/.csv, heatmaps/*.png, score_histogram.png, "
                     "environment.json and model.spc.")
-    run.add_argument("config", type=Path, help="a run config (YAML), e.g. configs/magnetic_tile.yaml")
+    run.add_argument("config", type=Path,
+                     help="a run config (YAML), e.g. configs/magnetic_tile.yaml")
     run.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                      help="override a config key, e.g. --set coreset.capacity=2000 (repeatable)")
     run.add_argument("--output", type=Path, help="the run folder (overrides output.dir)")

@@ -17,10 +17,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from reference import is_farthest_point_sequence, reference_coreset
 
 from seqpatchcore.model import FeatureSpaceMismatch, ModelFileError, SequentialPatchCore
-
-from reference import is_farthest_point_sequence, reference_coreset
 
 
 def textures(count: int, seed: int, size: int = 64) -> list[np.ndarray]:

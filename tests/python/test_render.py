@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
+
 from seqpatchcore import render
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -13,8 +13,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import seqpatchcore
 from PIL import Image
+
+import seqpatchcore
 from seqpatchcore import render
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -5,13 +5,11 @@ feature, so it shares no bookkeeping with the C++ builder. The builder must give
 members in the same slots.
 """
 
-import numpy as np
 import pytest
 import torch
+from reference import reference_coreset
 
 from seqpatchcore import _C
-
-from reference import reference_coreset
 
 
 def build(features: torch.Tensor, capacity: int, chunks: list[int] | None = None, **options):
