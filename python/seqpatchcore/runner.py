@@ -53,6 +53,10 @@ class RunPlan:
     splits: dict[str, list[Sample]]
     output_dir: Path
     config_file: Path | None = None
+    # Training images streamed before the real ones (melding: pre-train, then fine-tune).
+    pretrain: list[Sample] = field(default_factory=list)
+    # Good test images carrying impurities (stains, dust), scored as a second test condition.
+    impure: list[Sample] = field(default_factory=list)
 
 
 @dataclass
@@ -97,20 +101,43 @@ def plan_run(config: dict[str, Any], locations: dict[str, str],
     names = {"train": data["train_split"], "val": data["val_split"], "test": data["test_split"]}
     selected = {}
     for role, name in names.items():
-        samples = splits.get(name, [])
+        source = splits
+        if role == "train" and data.get("train_root"):
+            source = _read_root(data["train_root"], "data.train_root", data, config, locations)
+        samples = source.get(name, [])
         if not samples:
             raise RunError(f"{locations.get(f'data.{role}_split', role)}: split '{name}' has no "
-                           f"images in {root} (found splits: {sorted(splits)})")
+                           f"images in {root if source is splits else data['train_root']} "
+                           f"(found splits: {sorted(source)})")
         selected[role] = samples
     if data["limit_train"] > 0:
-        selected["train"] = selected["train"][: data["limit_train"]]
+        selected["train"] = _subset(selected["train"], data["limit_train"],
+                                    data.get("train_subset", "first"), config["seed"])
     if data["limit_eval"] > 0:
         for role in ("val", "test"):
             selected[role] = _stratified_subset(selected[role], data["limit_eval"], config["seed"])
 
-    for role, samples in selected.items():
+    pretrain: list[Sample] = []
+    if data.get("pretrain_root"):
+        pretrain = _read_root(data["pretrain_root"], "data.pretrain_root", data, config,
+                              locations).get(data["train_split"], [])
+        if not pretrain:
+            raise RunError(f"{locations.get('data.pretrain_root')}: data.pretrain_root: no "
+                           f"'{data['train_split']}' images in {data['pretrain_root']}")
+    impure: list[Sample] = []
+    if data.get("impure_root"):
+        impure = [sample for sample in _read_root(data["impure_root"], "data.impure_root", data,
+                                                  config, locations).get(data["test_split"], [])
+                  if not sample.is_anomalous and sample.impurity_mask is not None]
+        if not impure:
+            raise RunError(f"{locations.get('data.impure_root')}: data.impure_root: no good "
+                           f"'{data['test_split']}' images with impurity masks in "
+                           f"{data['impure_root']}")
+
+    for role, samples in [*selected.items(), ("pretrain", pretrain), ("impure", impure)]:
         try:
-            validate_samples(samples, names[role], root)
+            if samples:
+                validate_samples(samples, names.get(role, role), root)
         except DatasetError as error:
             raise RunError(str(error)) from error
 
@@ -129,7 +156,7 @@ def plan_run(config: dict[str, Any], locations: dict[str, str],
     except FileNotFoundError as error:
         raise RunError(f"{locations.get('backbone.weights', 'default')}: backbone.weights: "
                        f"{error}") from error
-    return RunPlan(config, locations, selected, output_dir, config_file)
+    return RunPlan(config, locations, selected, output_dir, config_file, pretrain, impure)
 
 
 def model_from_config(config: dict[str, Any], progress: bool = True) -> SequentialPatchCore:
@@ -191,10 +218,16 @@ def execute(plan: RunPlan, progress: bool = True) -> dict[str, Any]:
         fit_started = time.perf_counter()
         workers = config["data"]["workers"]
         train_paths = [sample.image for sample in plan.splits["train"]]
-        model.fit(_ReiterablePrefetch(train_paths, workers),
-                  checkpoint=staging / "checkpoint.pt" if config["coreset"]["checkpoint_every"]
-                  else None)
+        checkpoint = staging / "checkpoint.pt" if config["coreset"]["checkpoint_every"] else None
+        if plan.pretrain:
+            # meld(M, stream): the coreset of the pre-training images continues over the real
+            # ones by the same rule.
+            model.fit(_ReiterablePrefetch([s.image for s in plan.pretrain], workers))
+            model.meld(_ReiterablePrefetch(train_paths, workers))
+        else:
+            model.fit(_ReiterablePrefetch(train_paths, workers), checkpoint=checkpoint)
         fit_seconds = time.perf_counter() - fit_started
+        fit_peak = peak_rss_mb()
 
         val = score_split(model, plan.splits["val"], workers, "scoring val", progress)
         thresholds = choose_thresholds(val, config["evaluation"]["good_quantile"])
@@ -215,8 +248,13 @@ def execute(plan: RunPlan, progress: bool = True) -> dict[str, Any]:
                 "fingerprint": model.fingerprint_,
             },
             "seconds": {"fit": fit_seconds, "total": time.perf_counter() - started},
+            "peak_rss_mb_fit": fit_peak,
             "peak_rss_mb": peak_rss_mb(),
         }
+        if plan.pretrain:
+            results["split"]["pretrain"] = len(plan.pretrain)
+        if plan.impure:
+            results.update(evaluate_impure(model, plan, test, thresholds, evaluation, progress))
 
         write_text(staging / "config.yaml", _C.dump_config(config))
         write_text(staging / "scores.csv", scores_csv({"val": val, "test": test}))
@@ -230,6 +268,31 @@ def execute(plan: RunPlan, progress: bool = True) -> dict[str, Any]:
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return results
+
+
+def evaluate_impure(model: SequentialPatchCore, plan: RunPlan, test: SplitScores,
+                    thresholds: dict[str, Any], evaluation: dict[str, Any],
+                    progress: bool) -> dict[str, Any]:
+    """The second test condition: the test defects with good images that carry impurities in
+    place of the clean good ones, and how often the impurities raise alarms."""
+    impure = score_split(model, plan.impure, plan.config["data"]["workers"], "scoring impure",
+                         progress)
+    impurity_masks = [load_mask(sample.impurity_mask, impure_map.shape, sample.image)
+                      for sample, impure_map in zip(impure.samples, impure.maps, strict=True)]
+    defects = [i for i, sample in enumerate(test.samples) if sample.is_anomalous]
+    mixed = SplitScores(
+        [test.samples[i] for i in defects] + impure.samples,
+        np.concatenate([test.scores[defects], impure.scores]),
+        [test.maps[i] for i in defects] + impure.maps,
+        [test.masks[i] for i in defects] + impure.masks,
+    )
+    alarms = metrics.impurity_false_alarms(
+        impurity_masks, impure.maps, impure.scores, impure.labels,
+        thresholds["pixel"]["value"], thresholds["image"]["value"],
+    )
+    return {"split_impure": len(impure.samples),
+            "test_impure": evaluate_split(mixed, thresholds, evaluation),
+            "impurity": alarms}
 
 
 def choose_thresholds(val: SplitScores, good_quantile: float) -> dict[str, Any]:
@@ -303,6 +366,25 @@ class _ReiterablePrefetch(Sequence):
 
     def __iter__(self) -> Iterator[np.ndarray]:
         return prefetch_images(self.paths, self.workers)
+
+
+def _read_root(root: str, key: str, data: dict[str, Any], config: dict[str, Any],
+               locations: dict[str, str]) -> dict[str, list[Sample]]:
+    if not Path(root).is_dir():
+        raise RunError(f"{locations.get(key, key)}: {key}: no such folder {root}")
+    try:
+        return load_dataset(root, layout="auto", val_fraction=data["val_fraction"],
+                            seed=config["seed"])
+    except DatasetError as error:
+        raise RunError(f"{locations.get(key, key)}: {error}") from error
+
+
+def _subset(samples: list[Sample], count: int, how: str, seed: int) -> list[Sample]:
+    """The first `count` samples, or a seeded random `count` of them in their order."""
+    if count >= len(samples) or how == "first":
+        return samples[:count]
+    chosen = np.random.default_rng(seed).choice(len(samples), size=count, replace=False)
+    return [samples[i] for i in sorted(chosen)]
 
 
 def _stratified_subset(samples: list[Sample], count: int, seed: int) -> list[Sample]:
