@@ -166,6 +166,9 @@ class Validator {
  private:
   // Overridden keys (and everything below them) come from the command line, not the file.
   std::string where(const YAML::Node& node, const std::string& key) const {
+    if (in_default_) {
+      return "default";
+    }
     for (const auto& [overridden, assignment] : overrides_) {
       if (key == overridden || key.rfind(overridden + ".", 0) == 0 ||
           key.rfind(overridden + "[", 0) == 0) {
@@ -222,7 +225,11 @@ class Validator {
         return YAML::Node(YAML::NodeType::Null);
       }
       if (field.default_value.IsDefined() && !field.default_value.IsNull()) {
+        // Items of a default list or mapping come from the schema, not the file.
+        const bool outer = in_default_;
+        in_default_ = true;
         YAML::Node value = visit(field.default_value, field, key, located);
+        in_default_ = outer;
         locations_[key] = "default";
         return value;
       }
@@ -518,6 +525,7 @@ class Validator {
   std::string base_dir_;
   std::map<std::string, std::string> overrides_;
   std::map<std::string, std::string> locations_;
+  bool in_default_ = false;
 };
 
 // "an integer >= 0", "list of a string: a, b", "a mapping of any YAML value".
@@ -731,28 +739,61 @@ void apply_override(YAML::Node& document, const std::string& assignment) {
   if (!document.IsDefined() || document.IsNull()) {
     document = YAML::Node(YAML::NodeType::Map);
   }
-  std::vector<std::string> parts;
+  // Steps of the key: a mapping key, or a list index written `name[2]` (as in the locations).
+  struct Step {
+    std::string name;
+    int64_t index = -1;
+  };
+  std::vector<Step> steps;
   std::stringstream stream(key);
+  static const std::regex part_pattern(R"(([^\[\]]+)((\[[0-9]+\])*))");
   for (std::string part; std::getline(stream, part, '.');) {
-    if (part.empty()) {
-      throw ConfigError(fmt::format("override '{}': empty key segment", assignment));
+    std::smatch match;
+    if (!std::regex_match(part, match, part_pattern)) {
+      throw ConfigError(fmt::format("override '{}': bad key segment '{}'; expected a name, "
+                                    "optionally with list indices such as impurities[0]",
+                                    assignment, part));
     }
-    parts.push_back(part);
+    steps.push_back({match[1].str()});
+    const std::string indices = match[2].str();
+    for (size_t open = indices.find('['); open != std::string::npos;
+         open = indices.find('[', open + 1)) {
+      steps.push_back({steps.back().name, std::stoll(indices.substr(open + 1))});
+    }
   }
-  // yaml-cpp nodes are handles, so walking with copies edits the document in place.
+
+  // yaml-cpp nodes are handles, so walking with copies edits the document in place. They are
+  // kept in a vector because assigning to a Node would re-point the node it was copied from.
   std::vector<YAML::Node> path{document};
-  for (size_t i = 0; i + 1 < parts.size(); ++i) {
-    YAML::Node next = path.back()[parts[i]];
-    if (!next.IsDefined() || next.IsNull()) {
-      path.back()[parts[i]] = YAML::Node(YAML::NodeType::Map);
-      next = path.back()[parts[i]];
-    } else if (!next.IsMap()) {
-      throw ConfigError(fmt::format("override '{}': '{}' is not a section", assignment,
-                                    parts[i]));
+  for (size_t i = 0; i < steps.size(); ++i) {
+    const Step& step = steps[i];
+    const bool last = i + 1 == steps.size();
+    YAML::Node node = path.back();
+    if (step.index >= 0) {
+      if (!node.IsSequence() || step.index >= static_cast<int64_t>(node.size())) {
+        throw ConfigError(fmt::format("override '{}': '{}' has no item {}", assignment,
+                                      step.name, step.index));
+      }
+      if (last) {
+        node[step.index] = value;
+        return;
+      }
+      path.push_back(node[step.index]);
+      continue;
     }
-    path.push_back(next);
+    if (!node.IsMap()) {
+      throw ConfigError(fmt::format("override '{}': '{}' is not a section", assignment,
+                                    i > 0 ? steps[i - 1].name : key));
+    }
+    if (last) {
+      node[step.name] = value;
+      return;
+    }
+    if (!node[step.name].IsDefined() || node[step.name].IsNull()) {
+      node[step.name] = YAML::Node(YAML::NodeType::Map);
+    }
+    path.push_back(node[step.name]);
   }
-  path.back()[parts.back()] = value;
 }
 
 Loaded validate(const YAML::Node& document, const Field& schema, const std::string& source,

@@ -119,6 +119,38 @@ TEST_F(ConfigFile, OverridesAreAppliedAndBlamed) {
             std::string::npos);
 }
 
+TEST_F(ConfigFile, OverridesReachListItems) {
+  const std::string file = write(
+      "impurities:\n  - kind: dust\n  - kind: water_stains\n    params: {radius_px: 9}\n"
+      "size: [64, 64]\n");
+  const Loaded loaded = load_file(
+      file, schema("render"),
+      {"impurities[1].params.radius_px=30", "impurities[0].count=[2, 3]", "size[0]=32"});
+  EXPECT_EQ(loaded.value["impurities"][1]["params"]["radius_px"].as<int64_t>(), 30);
+  EXPECT_EQ(loaded.value["impurities"][1]["kind"].as<std::string>(), "water_stains");
+  EXPECT_EQ(loaded.value["impurities"][0]["count"][1].as<int64_t>(), 3);
+  EXPECT_EQ(loaded.value["impurities"][0]["kind"].as<std::string>(), "dust");
+  EXPECT_EQ(loaded.value["size"][0].as<int64_t>(), 32);
+  EXPECT_EQ(loaded.value["size"][1].as<int64_t>(), 64);
+  EXPECT_EQ(loaded.locations.at("impurities[1].params.radius_px"),
+            "override 'impurities[1].params.radius_px=30'");
+  EXPECT_EQ(loaded.locations.at("impurities[1].kind"), file + ":3:11");
+
+  const auto override_error = [&](const std::string& assignment) {
+    try {
+      load_file(file, schema("render"), {assignment});
+    } catch (const ConfigError& error) {
+      return std::string(error.what());
+    }
+    return std::string("no error");
+  };
+  EXPECT_NE(override_error("impurities[2].count=1").find("'impurities' has no item 2"),
+            std::string::npos);
+  EXPECT_NE(override_error("size.x=1").find("'size' is not a section"), std::string::npos);
+  EXPECT_NE(override_error("impurities[x].count=1").find("bad key segment 'impurities[x]'"),
+            std::string::npos);
+}
+
 TEST_F(ConfigFile, EnvironmentVariablesInPaths) {
   ::setenv("SPC_TEST_DATA", "/data/here", 1);
   const Loaded loaded = load_file(write("data:\n  root: ${SPC_TEST_DATA}/tiles\n"), schema("run"));
@@ -326,6 +358,8 @@ TEST_F(ConfigFile, RenderSchemaDefaultsPathsAndParameterMaps) {
   EXPECT_EQ(scalar_type(layer["params"]["radius_px"]), ScalarType::kInt);
   EXPECT_EQ(layer["params"]["strength"].as<double>(), -0.3);
   EXPECT_EQ(loaded.locations.at("impurities[0].params.strength"), file + ":8:39");
+  EXPECT_EQ(loaded.locations.at("real.copy[0]"), "default");  // an item of a default list
+  EXPECT_EQ(loaded.locations.at("splits.train.good"), "default");
   EXPECT_TRUE(loaded.value["real"]["data"].IsNull());
   EXPECT_TRUE(loaded.value["real"]["params"].IsNull());
 }
