@@ -60,7 +60,7 @@ def _build_parser() -> argparse.ArgumentParser:
                     "an interrupted run leaves no half-written image, and running it again "
                     "completes it. Every key: seqpatchcore config --describe render; "
                     "parameters: docs/render.md.")
-    render.add_argument("config", type=Path,
+    render.add_argument("config", type=Path, metavar="CONFIG",
                         help="a render config (YAML), e.g. configs/render_synthetic.yaml")
     render.add_argument("--output", type=Path,
                         help="the dataset folder (overrides the config's output)")
@@ -245,9 +245,11 @@ def _synthetic_spec(config: dict[str, Any], locations: dict[str, str],
         spec_surface["model"] = surface["model"]
     fit = surface["fit"]
     if fit["images"] is not None or fit["data"] is not None:
+        # The limit is applied here, so that the manifest names exactly the fitted images.
+        images = _fit_image_paths(fit, locations, path)
         spec_surface["fit"] = {
-            "images": _fit_image_paths(fit, locations, path),
-            "limit": fit["limit"] or None,
+            "images": images[: fit["limit"]] if fit["limit"] else images,
+            "limit": None,
             **{k: fit[k] for k in ("work_size", "scale", "crops_per_image", "quantile_count",
                                    "seed")},
         }
