@@ -1,5 +1,7 @@
 #include <pybind11/stl.h>
 
+#include <cmath>
+
 #include "bindings/bindings.h"
 #include "config/config.h"
 
@@ -10,6 +12,38 @@ namespace {
 
 using config::Field;
 using config::Kind;
+using config::ScalarType;
+
+// A validated kAny value (Note [any values] in config.cpp): scalars carry their type as a tag.
+py::object any_to_python(const YAML::Node& node) {
+  if (node.IsMap()) {
+    py::dict out;
+    for (auto it = node.begin(); it != node.end(); ++it) {
+      out[py::str(it->first.Scalar())] = any_to_python(it->second);
+    }
+    return out;
+  }
+  if (node.IsSequence()) {
+    py::list out;
+    for (const YAML::Node& item : node) {
+      out.append(any_to_python(item));
+    }
+    return out;
+  }
+  switch (config::scalar_type(node)) {
+    case ScalarType::kNull:
+      return py::none();
+    case ScalarType::kBool:
+      return py::bool_(node.as<bool>());
+    case ScalarType::kInt:
+      return py::int_(node.as<int64_t>());
+    case ScalarType::kFloat:
+      return py::float_(node.as<double>());
+    case ScalarType::kString:
+      return py::str(node.Scalar());
+  }
+  return py::none();
+}
 
 py::object to_python(const YAML::Node& node, const Field& field) {
   if (!node.IsDefined() || node.IsNull()) {
@@ -46,6 +80,8 @@ py::object to_python(const YAML::Node& node, const Field& field) {
       }
       return out;
     }
+    case Kind::kAny:
+      return any_to_python(node);
   }
   return py::none();
 }
@@ -61,10 +97,19 @@ YAML::Node from_python(const py::handle& value, const std::string& key) {
     return YAML::Node(value.cast<int64_t>());
   }
   if (py::isinstance<py::float_>(value)) {
-    return YAML::Node(std::string(py::repr(value)));  // shortest text, 0.3 stays 0.3
+    // Shortest text, so 0.3 stays 0.3; tagged, so 1.0 stays a float in an any-value field.
+    const double number = value.cast<double>();
+    YAML::Node out(std::isnan(number)   ? std::string(".nan")
+                   : std::isinf(number) ? std::string(number > 0 ? ".inf" : "-.inf")
+                                        : std::string(py::repr(value)));
+    out.SetTag("tag:yaml.org,2002:float");
+    return out;
   }
   if (py::isinstance<py::str>(value)) {
-    return YAML::Node(value.cast<std::string>());
+    // Tagged like a quoted scalar: the string "1" stays a string in an any-value field.
+    YAML::Node out(value.cast<std::string>());
+    out.SetTag("!");
+    return out;
   }
   if (py::isinstance<py::dict>(value)) {
     YAML::Node out(YAML::NodeType::Map);
@@ -108,7 +153,7 @@ void bind_config(py::module_& m) {
 
 Args:
     file: the YAML file; relative paths inside are resolved against its folder.
-    schema: which schema ('run', ...).
+    schema: which schema ('run', 'render'; see config_schemas()).
     overrides: 'dotted.key=value' assignments applied before validation.
 
 Returns:

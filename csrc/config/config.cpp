@@ -8,6 +8,7 @@
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
+#include <regex>
 #include <sstream>
 
 namespace spc::config {
@@ -32,8 +33,78 @@ const char* kind_name(const Field& field) {
     case Kind::kSection:
     case Kind::kMap:
       return "a mapping";
+    case Kind::kAny:
+      return "any YAML value";
   }
   return "a value";
+}
+
+// Note [any values]
+// A kAny field takes any YAML value, so that a parameter map whose fields are those of a C++
+// struct (SurfaceParams, WaterStainParams, ...) is declared once, by the struct, and checked
+// by the code that builds the struct. Scalars are typed by the YAML 1.2 core schema, as a
+// YAML 1.2 reader would: `~`/`null`/empty is null, `true`/`False` a boolean, `12`/`0o14`/`0xC`
+// an integer, `1.5`/`1e3`/`.inf`/`.nan` a float, anything else, and every quoted scalar, a
+// string (YAML 1.1's `yes`, `on` and `1_000` are strings). The validator returns a canonical
+// copy: decimal integers, floats that read back as floats, every scalar tagged with its type,
+// so the bindings convert it without parsing the text again and dump() can quote a string
+// that would read back as another type. Every key and item inside gets a location, so an
+// error found later (an unknown struct field, a value out of range) still names its line.
+
+constexpr const char* kCoreTag = "tag:yaml.org,2002:";
+
+std::string type_tag(ScalarType type) {
+  switch (type) {
+    case ScalarType::kNull:
+      return std::string(kCoreTag) + "null";
+    case ScalarType::kBool:
+      return std::string(kCoreTag) + "bool";
+    case ScalarType::kInt:
+      return std::string(kCoreTag) + "int";
+    case ScalarType::kFloat:
+      return std::string(kCoreTag) + "float";
+    case ScalarType::kString:
+      return std::string(kCoreTag) + "str";
+  }
+  return "";
+}
+
+// The core schema's resolution of a plain (unquoted, untagged) scalar.
+ScalarType resolve_plain(const std::string& text) {
+  static const std::regex null_pattern("~|null|Null|NULL|");
+  static const std::regex bool_pattern("true|True|TRUE|false|False|FALSE");
+  static const std::regex int_pattern("[-+]?[0-9]+|0o[0-7]+|0x[0-9a-fA-F]+");
+  static const std::regex float_pattern(
+      R"([-+]?(\.[0-9]+|[0-9]+(\.[0-9]*)?)([eE][-+]?[0-9]+)?)"
+      R"(|[-+]?\.(inf|Inf|INF)|\.(nan|NaN|NAN))");
+  if (std::regex_match(text, null_pattern)) {
+    return ScalarType::kNull;
+  }
+  if (std::regex_match(text, bool_pattern)) {
+    return ScalarType::kBool;
+  }
+  if (std::regex_match(text, int_pattern)) {
+    return ScalarType::kInt;
+  }
+  if (std::regex_match(text, float_pattern)) {
+    return ScalarType::kFloat;
+  }
+  return ScalarType::kString;
+}
+
+// Text that the core schema reads back as the same float: 1.0 is "1.0", not "1" (an integer).
+std::string float_text(double value) {
+  if (std::isnan(value)) {
+    return ".nan";
+  }
+  if (std::isinf(value)) {
+    return value > 0 ? ".inf" : "-.inf";
+  }
+  std::string text = fmt::format("{}", value);
+  if (text.find_first_of(".eE") == std::string::npos) {
+    text += ".0";
+  }
+  return text;
 }
 
 size_t edit_distance(const std::string& a, const std::string& b) {
@@ -95,6 +166,9 @@ class Validator {
  private:
   // Overridden keys (and everything below them) come from the command line, not the file.
   std::string where(const YAML::Node& node, const std::string& key) const {
+    if (in_default_) {
+      return "default";
+    }
     for (const auto& [overridden, assignment] : overrides_) {
       if (key == overridden || key.rfind(overridden + ".", 0) == 0 ||
           key.rfind(overridden + "[", 0) == 0) {
@@ -137,6 +211,10 @@ class Validator {
     if (!key.empty()) {
       locations_[key] = node.IsDefined() ? where(node, key) : "default";
     }
+    // For an any-value field an explicit null is a value like any other.
+    if (node.IsDefined() && field.kind == Kind::kAny) {
+      return visit_any(node, key);
+    }
 
     if (!node.IsDefined() || node.IsNull()) {
       if (field.kind == Kind::kSection) {
@@ -147,7 +225,11 @@ class Validator {
         return YAML::Node(YAML::NodeType::Null);
       }
       if (field.default_value.IsDefined() && !field.default_value.IsNull()) {
+        // Items of a default list or mapping come from the schema, not the file.
+        const bool outer = in_default_;
+        in_default_ = true;
         YAML::Node value = visit(field.default_value, field, key, located);
+        in_default_ = outer;
         locations_[key] = "default";
         return value;
       }
@@ -168,9 +250,121 @@ class Validator {
         return visit_map(node, field, key);
       case Kind::kList:
         return visit_list(node, field, key);
+      case Kind::kAny:
+        return visit_any(node, key);
       default:
         return visit_scalar(node, field, key);
     }
+  }
+
+  // See Note [any values].
+  YAML::Node visit_any(const YAML::Node& node, const std::string& key) {
+    if (node.IsMap()) {
+      YAML::Node out(YAML::NodeType::Map);
+      for (auto it = node.begin(); it != node.end(); ++it) {
+        if (!it->first.IsScalar()) {
+          fail(it->first, key, fmt::format("expected text keys, got {}", show(it->first)));
+        }
+        const std::string name = it->first.Scalar();
+        const std::string child = join_key(key, name);
+        locations_[child] = where(it->second.IsNull() ? it->first : it->second, child);
+        out[name] = visit_any(it->second, child);
+      }
+      return out;
+    }
+    if (node.IsSequence()) {
+      YAML::Node out(YAML::NodeType::Sequence);
+      for (size_t i = 0; i < node.size(); ++i) {
+        const std::string child = fmt::format("{}[{}]", key, i);
+        locations_[child] = where(node[i].IsNull() ? node : node[i], child);
+        out.push_back(visit_any(node[i], child));
+      }
+      return out;
+    }
+    return canonical_scalar(node, key);
+  }
+
+  YAML::Node canonical_scalar(const YAML::Node& node, const std::string& key) {
+    ScalarType type;
+    try {
+      type = scalar_type(node);
+    } catch (const ConfigError& error) {
+      fail(node, key, error.what());
+    }
+    if (type == ScalarType::kNull) {
+      return YAML::Node(YAML::NodeType::Null);
+    }
+    const std::string& text = node.Scalar();
+    YAML::Node out;
+    switch (type) {
+      case ScalarType::kBool:
+        if (resolve_plain(text) != ScalarType::kBool) {
+          fail(node, key, fmt::format("expected a boolean, got '{}'", text));
+        }
+        out = YAML::Node(text[0] == 't' || text[0] == 'T');
+        break;
+      case ScalarType::kInt:
+        out = YAML::Node(parse_int(node, key, text));
+        break;
+      case ScalarType::kFloat:
+        out = YAML::Node(float_text(parse_float(node, key, text)));
+        break;
+      default:
+        out = YAML::Node(text);
+        break;
+    }
+    out.SetTag(type_tag(type));
+    return out;
+  }
+
+  int64_t parse_int(const YAML::Node& node, const std::string& key,
+                    const std::string& text) const {
+    if (resolve_plain(text) != ScalarType::kInt) {
+      fail(node, key, fmt::format("expected an integer, got '{}'", text));
+    }
+    const bool octal = text.rfind("0o", 0) == 0;
+    const bool hex = text.rfind("0x", 0) == 0;
+    errno = 0;
+    char* end = nullptr;
+    int64_t value;
+    if (octal || hex) {
+      const unsigned long long magnitude = std::strtoull(text.c_str() + 2, &end, octal ? 8 : 16);
+      if (magnitude > static_cast<unsigned long long>(std::numeric_limits<int64_t>::max())) {
+        errno = ERANGE;
+      }
+      value = static_cast<int64_t>(magnitude);
+    } else {
+      value = std::strtoll(text.c_str(), &end, 10);
+    }
+    if (errno == ERANGE) {
+      fail(node, key, fmt::format("integer {} is outside the 64-bit range", text));
+    }
+    return value;
+  }
+
+  double parse_float(const YAML::Node& node, const std::string& key,
+                     const std::string& text) const {
+    const ScalarType type = resolve_plain(text);
+    if (type != ScalarType::kFloat && type != ScalarType::kInt) {
+      fail(node, key, fmt::format("expected a number, got '{}'", text));
+    }
+    const size_t dot = text.find('.');
+    const std::string special = dot == std::string::npos ? "" : text.substr(dot + 1);
+    if (special == "nan" || special == "NaN" || special == "NAN") {
+      return std::numeric_limits<double>::quiet_NaN();
+    }
+    if (special == "inf" || special == "Inf" || special == "INF") {
+      return text[0] == '-' ? -std::numeric_limits<double>::infinity()
+                            : std::numeric_limits<double>::infinity();
+    }
+    if (type == ScalarType::kInt) {
+      return static_cast<double>(parse_int(node, key, text));
+    }
+    const double value = std::strtod(text.c_str(), nullptr);
+    if (std::isinf(value)) {
+      fail(node, key, fmt::format("number {} is outside the range of a double", text));
+    }
+    return value;
   }
 
   YAML::Node visit_section(const YAML::Node& node, const Field& field, const std::string& key,
@@ -331,7 +525,26 @@ class Validator {
   std::string base_dir_;
   std::map<std::string, std::string> overrides_;
   std::map<std::string, std::string> locations_;
+  bool in_default_ = false;
 };
+
+// "an integer >= 0", "list of a string: a, b", "a mapping of any YAML value".
+std::string type_text(const Field& field) {
+  if (field.kind == Kind::kList) {
+    return "list of " + type_text(field.fields.at(0));
+  }
+  if (field.kind == Kind::kMap) {
+    return "a mapping of " + type_text(field.fields.at(0));
+  }
+  std::string type = kind_name(field);
+  if (!range_text(field).empty()) {
+    type += " " + range_text(field);
+  }
+  if (!field.choices.empty()) {
+    type += ": " + join(field.choices, ", ");
+  }
+  return type;
+}
 
 void describe_into(const Field& field, const std::string& prefix, std::string& out) {
   const std::string key = prefix.empty() ? field.name : prefix + "." + field.name;
@@ -344,17 +557,7 @@ void describe_into(const Field& field, const std::string& prefix, std::string& o
     }
     return;
   }
-  std::string type = kind_name(field);
-  if (field.kind == Kind::kList && !field.fields.empty()) {
-    type = fmt::format("list of {}", kind_name(field.fields[0]));
-  }
-  const Field& bounded = field.kind == Kind::kList ? field.fields.at(0) : field;
-  if (!range_text(bounded).empty()) {
-    type += " " + range_text(bounded);
-  }
-  if (!field.choices.empty()) {
-    type += ": " + join(field.choices, ", ");
-  }
+  const std::string type = type_text(field);
   std::string default_text = "required";
   if (field.default_value.IsDefined() && !field.default_value.IsNull()) {
     YAML::Emitter emitter;
@@ -364,6 +567,49 @@ void describe_into(const Field& field, const std::string& prefix, std::string& o
     default_text = "none";
   }
   out += fmt::format("| `{}` | {} | {} | {} |\n", key, type, default_text, field.doc);
+
+  // The fields of each item of a list or mapping of sections: `impurities[].kind`.
+  if ((field.kind == Kind::kList || field.kind == Kind::kMap) &&
+      field.fields.at(0).kind == Kind::kSection) {
+    const std::string item = key + (field.kind == Kind::kList ? "[]" : ".<name>");
+    for (const Field& child : field.fields.at(0).fields) {
+      describe_into(child, item, out);
+    }
+  }
+}
+
+void emit(YAML::Emitter& emitter, const YAML::Node& node) {
+  if (node.IsMap()) {
+    emitter << YAML::BeginMap;
+    for (auto it = node.begin(); it != node.end(); ++it) {
+      emitter << YAML::Key;
+      emit(emitter, it->first);
+      emitter << YAML::Value;
+      emit(emitter, it->second);
+    }
+    emitter << YAML::EndMap;
+    return;
+  }
+  if (node.IsSequence()) {
+    emitter << YAML::BeginSeq;
+    for (const YAML::Node& item : node) {
+      emit(emitter, item);
+    }
+    emitter << YAML::EndSeq;
+    return;
+  }
+  if (!node.IsDefined() || node.IsNull()) {
+    emitter << YAML::Null;
+    return;
+  }
+  // A string that would read back as a number, a boolean or null keeps its quotes.
+  const std::string& text = node.Scalar();
+  const std::string& tag = node.Tag();
+  const bool is_string = tag == "!" || tag == type_tag(ScalarType::kString);
+  if (is_string && resolve_plain(text) != ScalarType::kString) {
+    emitter << YAML::DoubleQuoted;
+  }
+  emitter << text;
 }
 
 }  // namespace
@@ -448,6 +694,15 @@ Field map(std::string name, Field value, std::string doc) {
   return field;
 }
 
+Field any(std::string name, YAML::Node default_value, std::string doc) {
+  Field field;
+  field.name = std::move(name);
+  field.kind = Kind::kAny;
+  field.doc = std::move(doc);
+  field.default_value = std::move(default_value);
+  return field;
+}
+
 Field required(Field field) {
   field.default_value = YAML::Node();
   field.optional = false;
@@ -484,28 +739,61 @@ void apply_override(YAML::Node& document, const std::string& assignment) {
   if (!document.IsDefined() || document.IsNull()) {
     document = YAML::Node(YAML::NodeType::Map);
   }
-  std::vector<std::string> parts;
+  // Steps of the key: a mapping key, or a list index written `name[2]` (as in the locations).
+  struct Step {
+    std::string name;
+    int64_t index = -1;
+  };
+  std::vector<Step> steps;
   std::stringstream stream(key);
+  static const std::regex part_pattern(R"(([^\[\]]+)((\[[0-9]+\])*))");
   for (std::string part; std::getline(stream, part, '.');) {
-    if (part.empty()) {
-      throw ConfigError(fmt::format("override '{}': empty key segment", assignment));
+    std::smatch match;
+    if (!std::regex_match(part, match, part_pattern)) {
+      throw ConfigError(fmt::format("override '{}': bad key segment '{}'; expected a name, "
+                                    "optionally with list indices such as impurities[0]",
+                                    assignment, part));
     }
-    parts.push_back(part);
+    steps.push_back({match[1].str()});
+    const std::string indices = match[2].str();
+    for (size_t open = indices.find('['); open != std::string::npos;
+         open = indices.find('[', open + 1)) {
+      steps.push_back({steps.back().name, std::stoll(indices.substr(open + 1))});
+    }
   }
-  // yaml-cpp nodes are handles, so walking with copies edits the document in place.
+
+  // yaml-cpp nodes are handles, so walking with copies edits the document in place. They are
+  // kept in a vector because assigning to a Node would re-point the node it was copied from.
   std::vector<YAML::Node> path{document};
-  for (size_t i = 0; i + 1 < parts.size(); ++i) {
-    YAML::Node next = path.back()[parts[i]];
-    if (!next.IsDefined() || next.IsNull()) {
-      path.back()[parts[i]] = YAML::Node(YAML::NodeType::Map);
-      next = path.back()[parts[i]];
-    } else if (!next.IsMap()) {
-      throw ConfigError(fmt::format("override '{}': '{}' is not a section", assignment,
-                                    parts[i]));
+  for (size_t i = 0; i < steps.size(); ++i) {
+    const Step& step = steps[i];
+    const bool last = i + 1 == steps.size();
+    YAML::Node node = path.back();
+    if (step.index >= 0) {
+      if (!node.IsSequence() || step.index >= static_cast<int64_t>(node.size())) {
+        throw ConfigError(fmt::format("override '{}': '{}' has no item {}", assignment,
+                                      step.name, step.index));
+      }
+      if (last) {
+        node[step.index] = value;
+        return;
+      }
+      path.push_back(node[step.index]);
+      continue;
     }
-    path.push_back(next);
+    if (!node.IsMap()) {
+      throw ConfigError(fmt::format("override '{}': '{}' is not a section", assignment,
+                                    i > 0 ? steps[i - 1].name : key));
+    }
+    if (last) {
+      node[step.name] = value;
+      return;
+    }
+    if (!node[step.name].IsDefined() || node[step.name].IsNull()) {
+      node[step.name] = YAML::Node(YAML::NodeType::Map);
+    }
+    path.push_back(node[step.name]);
   }
-  path.back()[parts.back()] = value;
 }
 
 Loaded validate(const YAML::Node& document, const Field& schema, const std::string& source,
@@ -536,9 +824,35 @@ Loaded load_file(const std::string& file, const Field& schema,
   return Validator(file, base_dir, overridden).run(document, schema);
 }
 
+ScalarType scalar_type(const YAML::Node& node) {
+  if (!node.IsDefined() || node.IsNull()) {
+    return ScalarType::kNull;
+  }
+  if (!node.IsScalar()) {
+    throw ConfigError(fmt::format("expected a scalar, got a {}",
+                                  node.IsMap() ? "mapping" : "list"));
+  }
+  const std::string& tag = node.Tag();
+  if (tag.empty() || tag == "?") {
+    return resolve_plain(node.Scalar());
+  }
+  if (tag == "!") {
+    return ScalarType::kString;  // quoted
+  }
+  for (const ScalarType type : {ScalarType::kNull, ScalarType::kBool, ScalarType::kInt,
+                                ScalarType::kFloat, ScalarType::kString}) {
+    if (tag == type_tag(type)) {
+      return type;
+    }
+  }
+  throw ConfigError(fmt::format("unsupported tag '{}'; expected a plain or quoted value, or "
+                                "one of !!null, !!bool, !!int, !!float, !!str",
+                                tag));
+}
+
 std::string dump(const YAML::Node& node) {
   YAML::Emitter emitter;
-  emitter << node;
+  emit(emitter, node);
   return std::string(emitter.c_str()) + "\n";
 }
 

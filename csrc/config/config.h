@@ -25,7 +25,13 @@ class ConfigError : public std::runtime_error {
   using std::runtime_error::runtime_error;
 };
 
-enum class Kind { kBool, kInt, kFloat, kString, kPath, kList, kSection, kMap };
+// kAny: any YAML value, checked later by the code that reads it (e.g. the fields of a C++
+// parameter struct); see Note [any values] in config.cpp.
+enum class Kind { kBool, kInt, kFloat, kString, kPath, kList, kSection, kMap, kAny };
+
+// The type of a scalar under the YAML 1.2 core schema: a plain scalar is resolved by its text
+// (`~`, `true`, `0x1F`, `1e3`, `.inf`, ...); a quoted scalar or `!!str` is a string.
+enum class ScalarType { kNull, kBool, kInt, kFloat, kString };
 
 struct Field {
   std::string name;
@@ -61,6 +67,8 @@ Field path(std::string name, std::string doc);  // required
 Field list(std::string name, Field item, YAML::Node default_value, std::string doc,
            int64_t length = 0);
 Field map(std::string name, Field value, std::string doc);
+// Any YAML value (scalar, list or mapping); a null default makes it required.
+Field any(std::string name, YAML::Node default_value, std::string doc);
 Field required(Field field);  // drops the default: the key must be given
 Field optional(Field field);   // a null default that stays null when the key is absent
 Field nullable(Field field);   // keeps the default, but an explicit null is allowed
@@ -87,13 +95,20 @@ Loaded validate(const YAML::Node& document, const Field& schema, const std::stri
 Loaded load_file(const std::string& file, const Field& schema,
                  const std::vector<std::string>& overrides = {});
 
-// Emits a node as block-style YAML text.
+// The core-schema type of a scalar node: a value of a validated kAny field (whose scalars carry
+// their resolved type as a tag), a scalar read from a file, or a null node. Throws ConfigError
+// for a tag other than the core schema's.
+ScalarType scalar_type(const YAML::Node& node);
+
+// Emits a node as block-style YAML text that reads back as the same values: strings that would
+// resolve to another type (`"1"`, `"true"`) are quoted.
 std::string dump(const YAML::Node& node);
 
 // Markdown reference of a schema: every key with its type, default, range and doc.
 std::string describe(const Field& schema);
 
-// The schemas of the project: "run" (the main job), "render" (synthetic datasets), "study".
+// The schemas of the project: "run" (the main job), "render" (synthetic datasets and
+// impurities on real images).
 const Field& schema(const std::string& name);
 std::vector<std::string> schema_names();
 

@@ -1,5 +1,6 @@
 // The schemas of every config the project reads. docs/configs.md is generated from these
-// (`seqpatchcore config --describe run`), so the doc strings are the user's reference.
+// (`seqpatchcore config --describe run`, `... render`), so the doc strings are the user's
+// reference.
 #include <stdexcept>
 
 #include "config/config.h"
@@ -162,16 +163,150 @@ Field run_schema() {
       });
 }
 
+// The fields of the C++ parameter structs (SurfaceParams, WaterStainParams, ...) are not
+// repeated here: parameter maps take any values, and seqpatchcore.render.normalize_spec
+// checks them against the structs (Note [any values] in config.cpp).
+Field params_map(std::string name, std::string doc) {
+  return map(std::move(name), any("value", YAML::Node(), "a field of the parameter struct"),
+             std::move(doc));
+}
+
+Field fit_section() {
+  return section(
+      "fit",
+      "calibrated: fit the surface model to real good images (saved as surface_model.npz); "
+      "give images or data",
+      {
+          optional(list("images", path("image", "an image file, a folder or a glob"),
+                        YAML::Node(),
+                        "image files, folders (every image in them) or globs such as "
+                        "`MT_Free/*.jpg`, relative to this file; sorted, in this order")),
+          optional(path("data",
+                        "a dataset (split.csv or MVTec layout) whose good images of `split` are "
+                        "fitted")),
+          text("split", "train", "with data: the split whose good images are fitted",
+               {"train", "val", "test"}),
+          integer("limit", 0, "fit only the first N images (0 = all)", 0),
+          integer("work_size", 256, "side of the square working grid, px", 16, 4096),
+          text("scale", "image",
+               "frequency units: image (resize each image to the grid) or pixel (native crops)",
+               {"image", "pixel"}),
+          integer("crops_per_image", 4, "scale pixel: random crops per image", 1, 64),
+          integer("quantile_count", 256, "grey-level quantile steps per working image", 2,
+                  65536),
+          integer("seed", 0, "picks the crops", 0),
+      });
+}
+
+Field surface_section() {
+  return section(
+      "surface",
+      "synthetic: the normal surface every image starts from",
+      {
+          text("family", "brushed", "a procedural family, or calibrated to real images",
+               {"brushed", "milled", "sandblasted", "calibrated"}),
+          params_map("params",
+                     "procedural families: SurfaceParams fields (docs/render.md), e.g. "
+                     "roughness: 0.8"),
+          optional(path("model", "calibrated: a saved surface model (.npz) instead of fit")),
+          fit_section(),
+          integer("quantile_row", -1,
+                  "calibrated: whose grey levels to match (a fitted image's row); -1 draws "
+                  "one per image",
+                  -1),
+      });
+}
+
+Field impurity_layer() {
+  return section(
+      "layer",
+      "one impurity layer",
+      {
+          required(text("kind", "", "the impurity", {"water_stains", "fingerprints", "dust"})),
+          optional(list("splits", text("split", "", "a split of `splits`"), YAML::Node(),
+                        "splits that get this layer; default every split")),
+          optional(list("labels", text("label", "", "good or a defect"), YAML::Node(),
+                        "labels that get this layer; default every label")),
+          number("probability", 1.0, "chance that an image gets this layer", 0.0, 1.0),
+          any("count", YAML::Node(1), "instances per image: an int, or [min, max] drawn per image"),
+          params_map("params",
+                     "the kind's parameter fields except count (docs/render.md), e.g. "
+                     "radius_px: 30"),
+      });
+}
+
+Field real_section() {
+  return section(
+      "real",
+      "real_stains: add one impurity kind to the real images of one split and label",
+      {
+          optional(path("data", "the real dataset (split.csv or MVTec layout); required for "
+                                "kind real_stains")),
+          text("split", "test", "split of the images that get impurities",
+               {"train", "val", "test"}),
+          text("label", "good", "label of the images that get impurities"),
+          text("impurity", "water_stains", "the impurity kind",
+               {"water_stains", "fingerprints", "dust"}),
+          optional(params_map(
+              "params",
+              "the kind's parameter fields (docs/render.md); count may be [min, max]; default "
+              "for water stains: render.REAL_STAIN_DEFAULTS, else the struct's defaults")),
+          integer("limit", 0, "stain only the first N images (0 = all)", 0),
+          list("copy", text("split", "", "a split"), sequence({"train", "val", "test"}),
+               "splits whose other images (and defect masks) are copied unchanged, so the "
+               "folder is a complete dataset for `seqpatchcore run`; [] = stained images only"),
+      });
+}
+
+Field render_schema() {
+  Field splits = map("splits",
+                     map("label", integer("count", 0, "images", 0), "label -> image count"),
+                     "synthetic: split -> {label: image count}; labels good, scratch, dent, "
+                     "blowhole, crack");
+  YAML::Node default_splits(YAML::NodeType::Map);
+  default_splits["train"]["good"] = 10;
+  splits.default_value = default_splits;
+
+  return section(
+      "",
+      "",
+      {
+          text("kind", "synthetic",
+               "synthetic: a whole dataset from surfaces, defects and impurities; "
+               "real_stains: impurities on real images",
+               {"synthetic", "real_stains"}),
+          integer("seed", 0, "master seed; every image derives its seeds from it", 0),
+          optional(path("output", "the dataset folder; --output overrides it")),
+          list("size", integer("side", 256, "px", 1, 16384), int_sequence({256, 256}),
+               "synthetic: [height, width] of every image", 2),
+          integer("channels", 1, "synthetic: 1 (grey) or 3 (grey replicated to RGB)", 1, 3),
+          surface_section(),
+          splits,
+          map("defects",
+              map("field", any("value", YAML::Node(), "a field of the parameter struct"),
+                  "parameter fields"),
+              "synthetic: defect kind -> its parameter fields (docs/render.md), e.g. "
+              "scratch: {width_px: 2.0}"),
+          list("impurities", impurity_layer(), YAML::Node(YAML::NodeType::Sequence),
+               "synthetic: impurity layers, applied in order after the defect"),
+          real_section(),
+      });
+}
+
 }  // namespace
 
 const Field& schema(const std::string& name) {
   static const Field run = run_schema();
+  static const Field render = render_schema();
   if (name == "run") {
     return run;
   }
-  throw ConfigError("unknown config schema '" + name + "'; expected one of: run");
+  if (name == "render") {
+    return render;
+  }
+  throw ConfigError("unknown config schema '" + name + "'; expected one of: run, render");
 }
 
-std::vector<std::string> schema_names() { return {"run"}; }
+std::vector<std::string> schema_names() { return {"run", "render"}; }
 
 }  // namespace spc::config

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import glob
 import logging
+import re
 import sys
 from pathlib import Path
+from typing import Any
 
 logger = logging.getLogger("seqpatchcore.cli")
 
@@ -13,6 +16,8 @@ EPILOG = """examples:
   seqpatchcore run configs/magnetic_tile.yaml
   seqpatchcore run configs/magnetic_tile.yaml --set coreset.method=greedy --set name=greedy
   seqpatchcore config --describe run
+  seqpatchcore render configs/render_synthetic.yaml --output runs/render/synthetic
+  seqpatchcore render configs/render_stained_test.yaml --set real.limit=20
   seqpatchcore predict runs/magnetic_tile/model.spc image1.png image2.png --output scores
 """
 
@@ -42,9 +47,34 @@ def _build_parser() -> argparse.ArgumentParser:
     run.add_argument("--overwrite", action="store_true", help="replace an existing run folder")
     run.add_argument("--no-progress", action="store_true", help="hide progress bars")
 
+    render = commands.add_parser(
+        "render", help="write a synthetic dataset, or real images with impurities, from a config",
+        description="Renders the dataset a render config describes (kind: synthetic: "
+                    "surfaces, defects and impurities; kind: real_stains: one impurity kind "
+                    "added to real images, the rest of the real dataset copied beside them) in "
+                    "the MVTec layout that `seqpatchcore run` reads (data.root: the folder): "
+                    "<split>/<label>/*.png, ground_truth/<defect>/<name>_mask.png, "
+                    "impurities/<split>/<name>_mask.png and manifest.json with every seed and "
+                    "parameter, so any image can be rendered again exactly. Every file is "
+                    "written under a temporary name and renamed into place, the manifest last: "
+                    "an interrupted run leaves no half-written image, and running it again "
+                    "completes it. Every key: seqpatchcore config --describe render; "
+                    "parameters: docs/render.md.")
+    render.add_argument("config", type=Path, metavar="CONFIG",
+                        help="a render config (YAML), e.g. configs/render_synthetic.yaml")
+    render.add_argument("--output", type=Path,
+                        help="the dataset folder (overrides the config's output)")
+    render.add_argument("--overwrite", action="store_true",
+                        help="render every image again and accept a folder written from "
+                             "another config")
+    render.add_argument("--set", dest="overrides", action="append", default=[],
+                        metavar="KEY=VALUE",
+                        help="override a config key, e.g. --set seed=3 (repeatable)")
+    render.add_argument("--no-progress", action="store_true", help="hide progress bars")
+
     config = commands.add_parser("config", help="describe a config schema or check a file")
     action = config.add_mutually_exclusive_group(required=True)
-    action.add_argument("--describe", metavar="SCHEMA", choices=["run"],
+    action.add_argument("--describe", metavar="SCHEMA", choices=["run", "render"],
                         help="print every key of a schema as a Markdown table")
     action.add_argument("--check", type=Path, metavar="FILE",
                         help="validate a run config and print it with defaults filled in")
@@ -94,6 +124,218 @@ def _run(args: argparse.Namespace) -> int:
           f"recall {_fmt((test.get('defect_recall') or {}).get('recall'))}")
     print(f"fit {results['seconds']['fit']:.1f} s, total {results['seconds']['total']:.1f} s, "
           f"peak memory {results['peak_rss_mb']:.0f} MiB; wrote {plan.output_dir}")
+    return 0
+
+
+# --- render ----------------------------------------------------------------------------------
+
+# Top-level keys that only one kind of render config uses.
+_SYNTHETIC_KEYS = ("size", "channels", "surface", "splits", "defects", "impurities")
+_REAL_KEYS = ("real",)
+
+# A key path in an error message: `spec.impurities[0].params`, `params.count`.
+_KEY_PATH = re.compile(r"[A-Za-z_]\w*(?:\.[A-Za-z_]\w*|\[\d+\])*")
+_WORD = re.compile(r"[A-Za-z_]\w*")
+
+
+def _given(locations: dict[str, str], key: str) -> str | None:
+    """Where `key` was set (file:line:column or an override), or None for a default."""
+    where = locations.get(key)
+    return None if where in (None, "default") else where
+
+
+def _config_error(where: str | None, key: str, problem: str, config: Path) -> ValueError:
+    return ValueError(f"{where or config}: {key}: {problem}")
+
+
+def _locate(message: str, locations: dict[str, str], root: str, prefix: str) -> str | None:
+    """The location of the most specific config key that an error message names.
+
+    Messages of `render.normalize_spec` name key paths under `root` (``spec.surface.params``),
+    which are the config's keys under `prefix` ("" for a synthetic config, "real." for the
+    parameters of a real_stains config). The path's longest part that the config file sets
+    is taken, then refined by a later word of the message that names a key below it (an
+    unknown parameter, a struct field such as ``stain.radius_px``).
+    """
+    for match in _KEY_PATH.finditer(message):
+        path = match.group()
+        if path != root and not path.startswith((root + ".", root + "[")):
+            continue
+        key = prefix + path.removeprefix("spec.") if root == "spec" else prefix + path
+        while key and _given(locations, key) is None:
+            key = re.sub(r"(\.[^.\[]+|\[\d+\])$", "", key) if re.search(r"[.\[]", key) else ""
+        if not key:
+            return None
+        for word in _WORD.findall(message[match.end():]):
+            if _given(locations, f"{key}.{word}") is not None:
+                return _given(locations, f"{key}.{word}")
+        return _given(locations, key)
+    return None
+
+
+def _config_keys(message: str, root: str, prefix: str) -> str:
+    """The message with the key paths of `_locate` written as config keys."""
+    def rename(match: re.Match) -> str:
+        path = match.group()
+        if path == "spec" or not path.startswith((root + ".", root + "[")) and path != root:
+            return path
+        return prefix + path.removeprefix("spec.") if root == "spec" else prefix + path
+
+    return _KEY_PATH.sub(rename, message)
+
+
+def _check_kind_keys(config: dict[str, Any], locations: dict[str, str], path: Path) -> None:
+    synthetic = config["kind"] == "synthetic"
+    unused = _REAL_KEYS if synthetic else _SYNTHETIC_KEYS
+    other = "real_stains" if synthetic else "synthetic"
+    for key in sorted(locations):
+        if key.split(".")[0].split("[")[0] in unused and _given(locations, key):
+            raise _config_error(_given(locations, key), key,
+                                f"only used with kind: {other}, this config has kind: "
+                                f"{config['kind']}; remove it", path)
+
+
+def _fit_image_paths(fit: dict[str, Any], locations: dict[str, str], path: Path) -> list[str]:
+    """The real images a calibrated surface is fitted on: files, folders, globs or a split."""
+    from seqpatchcore import data
+
+    if (fit["images"] is None) == (fit["data"] is None):
+        raise _config_error(_given(locations, "surface.fit"), "surface.fit",
+                            "give exactly one of images (files, folders, globs) or data (a "
+                            "dataset and its split)", path)
+    if fit["data"] is not None:
+        root = Path(fit["data"])
+        if not root.is_dir():
+            raise _config_error(_given(locations, "surface.fit.data"), "surface.fit.data",
+                                f"no such folder {root}", path)
+        samples = data.load_dataset(root, splits=[fit["split"]])[fit["split"]]
+        images = [str(s.image) for s in samples if not s.is_anomalous]
+        if not images:
+            raise _config_error(_given(locations, "surface.fit.split"), "surface.fit.split",
+                                f"no good images in split {fit['split']!r} of {root}", path)
+        return images
+
+    images = []
+    for index, pattern in enumerate(fit["images"]):
+        key = f"surface.fit.images[{index}]"
+        if glob.has_magic(pattern):
+            found = sorted(p for p in glob.glob(pattern) if Path(p).is_file())
+        elif Path(pattern).is_dir():
+            found = sorted(str(p) for p in Path(pattern).iterdir()
+                           if p.suffix.lower() in data.IMAGE_SUFFIXES)
+        elif Path(pattern).is_file():
+            found = [pattern]
+        else:
+            raise _config_error(_given(locations, key), key, f"no such file or folder {pattern}",
+                                path)
+        if not found:
+            raise _config_error(_given(locations, key), key, f"no image matches {pattern}", path)
+        images += found
+    return images
+
+
+def _synthetic_spec(config: dict[str, Any], locations: dict[str, str],
+                    path: Path) -> dict[str, Any]:
+    """The `render.render_dataset` spec of a synthetic render config (docs/render.md)."""
+    surface = config["surface"]
+    spec_surface: dict[str, Any] = {"family": surface["family"]}
+    if surface["params"]:
+        spec_surface["params"] = surface["params"]
+    if surface["model"] is not None:
+        spec_surface["model"] = surface["model"]
+    fit = surface["fit"]
+    if fit["images"] is not None or fit["data"] is not None:
+        # The limit is applied here, so that the manifest names exactly the fitted images.
+        images = _fit_image_paths(fit, locations, path)
+        spec_surface["fit"] = {
+            "images": images[: fit["limit"]] if fit["limit"] else images,
+            "limit": None,
+            **{k: fit[k] for k in ("work_size", "scale", "crops_per_image", "quantile_count",
+                                   "seed")},
+        }
+    if surface["family"] == "calibrated":
+        spec_surface["quantile_row"] = surface["quantile_row"]
+
+    # Unset optional keys of a layer (splits, labels) take normalize_spec's defaults.
+    layers = [{k: v for k, v in layer.items() if v is not None} for layer in config["impurities"]]
+    return {"seed": config["seed"], "size": config["size"], "channels": config["channels"],
+            "surface": spec_surface, "splits": config["splits"], "defects": config["defects"],
+            "impurities": layers}
+
+
+def _real_samples(config: dict[str, Any], locations: dict[str, str], path: Path):
+    """(images that get impurities, samples copied unchanged) of a real_stains config."""
+    from seqpatchcore import data
+
+    real = config["real"]
+    if real["data"] is None:
+        raise _config_error(_given(locations, "real") or _given(locations, "kind"), "real.data",
+                            "is required for kind: real_stains (the real dataset's folder)",
+                            path)
+    root = Path(real["data"])
+    if not root.is_dir():
+        raise _config_error(_given(locations, "real.data"), "real.data",
+                            f"no such folder {root}", path)
+    unknown = [s for s in real["copy"] if s not in data.SPLITS]
+    if unknown:
+        raise _config_error(_given(locations, "real.copy"), "real.copy",
+                            f"expected splits among {', '.join(data.SPLITS)}, got {unknown}",
+                            path)
+
+    splits = [s for s in data.SPLITS if s == real["split"] or s in real["copy"]]
+    dataset = data.load_dataset(root, splits=splits)
+    chosen = [s for s in dataset[real["split"]] if s.label == real["label"]]
+    if real["limit"]:
+        chosen = chosen[: real["limit"]]
+    if not chosen:
+        raise _config_error(_given(locations, "real.label") or _given(locations, "real"),
+                            "real.label", f"no {real['label']!r} images in split "
+                            f"{real['split']!r} of {root}", path)
+    stained = {s.image for s in chosen}
+    keep = [s for split in splits if split in real["copy"] for s in dataset[split]
+            if s.image not in stained]
+    return [s.image for s in chosen], keep
+
+
+def _render(args: argparse.Namespace) -> int:
+    from seqpatchcore import _C, render
+
+    config, locations = _C.load_config(str(args.config), "render", list(args.overrides))
+    output = args.output.absolute() if args.output is not None else config["output"]
+    if output is None:
+        raise ValueError(f"{args.config}: no output folder: give --output DIR or output: in "
+                         "the config")
+    _check_kind_keys(config, locations, args.config)
+
+    progress = not args.no_progress
+    if config["kind"] == "synthetic":
+        spec = _synthetic_spec(config, locations, args.config)
+        root, prefix = "spec", ""
+    else:
+        real = config["real"]
+        images, keep = _real_samples(config, locations, args.config)
+        root, prefix = "params", "real."
+    try:
+        if config["kind"] == "synthetic":
+            render.normalize_spec(spec)  # every key checked before anything is written
+            manifest = render.render_dataset(spec, output, overwrite=args.overwrite,
+                                             progress=progress)
+        else:
+            manifest = render.stain_real_images(
+                images, output, seed=config["seed"], params=real["params"],
+                kind=real["impurity"], split=real["split"], label=real["label"],
+                overwrite=args.overwrite, progress=progress, keep=keep)
+    except (ValueError, TypeError) as error:
+        where = _locate(str(error), locations, root, prefix)
+        if where is None and isinstance(error, ValueError):
+            raise
+        raise ValueError(f"{where or args.config}: {_config_keys(str(error), root, prefix)}"
+                         ) from error
+
+    items = manifest["items"]
+    dirty = sum(1 for item in items if item["impurities"])
+    print(f"render '{config['kind']}': {len(items)} images ({dirty} with impurities, "
+          f"{sum(1 for item in items if item['mask'])} with defects) -> {output}")
     return 0
 
 
@@ -170,7 +412,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = _build_parser()
     args = parser.parse_args(argv)
     _configure_logging(args.verbose)
-    handlers = {"run": _run, "config": _config, "predict": _predict, "info": _info}
+    handlers = {"run": _run, "render": _render, "config": _config, "predict": _predict,
+                "info": _info}
     try:
         return handlers[args.command](args)
     except KeyboardInterrupt:

@@ -109,7 +109,10 @@ def make_params(cls: type, values: Mapping[str, Any], what: str) -> Any:
             raise TypeError(
                 f"{what}: parameter {name!r} must be {expected}, got {value!r}"
             ) from error
-    params.validate()
+    try:
+        params.validate()
+    except ValueError as error:
+        raise ValueError(f"{what}: {error}") from error
     return params
 
 
@@ -493,7 +496,8 @@ def normalize_spec(spec: Mapping[str, Any]) -> dict[str, Any]:
         if "model" in surface_spec or "fit" in surface_spec:
             raise ValueError(f"spec.surface: 'model' and 'fit' need family: calibrated, got "
                              f"{family!r}")
-        params = make_params(_R.SurfaceParams, surface_spec.get("params", {}), "spec.surface")
+        params = make_params(_R.SurfaceParams, surface_spec.get("params", {}),
+                             "spec.surface.params")
         surface_out["params"] = params_to_dict(params)
     out["surface"] = surface_out
 
@@ -541,7 +545,8 @@ def normalize_spec(spec: Mapping[str, Any]) -> dict[str, Any]:
                 raise ValueError(f"{where}.splits: unknown split {split!r}; the spec has "
                                  f"{', '.join(out['splits'])}")
         labels = layer.get("labels")
-        checked = make_params(IMPURITIES[kind][0], {**params, "count": count[1]}, where)
+        checked = make_params(IMPURITIES[kind][0], {**params, "count": count[1]},
+                              f"{where}.params")
         # Fail now, not halfway through the dataset, when the largest count cannot fit.
         try:
             IMPURITIES[kind][1](np.zeros(out["size"], np.uint8), checked, 0)
@@ -811,13 +816,16 @@ def stain_real_images(
     label: str = "good",
     overwrite: bool = False,
     progress: bool = True,
+    keep: Sequence[Any] = (),
 ) -> dict[str, Any]:
     """Add impurities to real (good) images: a test set of good-but-dirty images with masks.
 
     Writes ``<split>/<label>/<stem>.png`` (lossless, same mode as the source: grey or RGB),
     ``impurities/<split>/<stem>_mask.png`` and ``manifest.json`` with each source path, its
     SHA-256, the seed and the resolved parameters. Files are written atomically, the
-    manifest last; a re-run with the same arguments skips complete items.
+    manifest last; a re-run with the same arguments skips complete items. With ``keep``,
+    other real samples are copied unchanged beside them (MVTec layout), so that ``out_dir``
+    is a complete dataset for :func:`seqpatchcore.data.load_dataset`.
 
     Args:
         paths: source images, e.g. the magnetic-tile test good images from split.csv. Their
@@ -831,6 +839,10 @@ def stain_real_images(
         split, label: folder names of the output.
         overwrite: re-render existing items.
         progress: show a progress bar.
+        keep: real samples (:class:`seqpatchcore.data.Sample`: ``image``, ``mask``,
+            ``label``, ``split``) copied byte for byte to ``<split>/<label>/<file name>``, their
+            defect masks to ``ground_truth/<label>/<stem>_mask.png`` (PNG), e.g. the train and
+            val splits and the test defects; listed in the manifest with no impurities.
 
     Returns:
         The manifest that was written.
@@ -842,17 +854,23 @@ def stain_real_images(
     values.update(params or {})
     count = _check_count("params.count", values.pop("count", 1))
     resolved = params_to_dict(make_params(IMPURITIES[kind][0], {**values, "count": count[1]},
-                                          kind))
+                                          "params"))
     del resolved["count"]
 
     sources = [Path(p) for p in paths]
-    stems = [p.stem for p in sources]
+    kept = list(keep)
+    # One name per image across the whole folder: masks of val and test share
+    # ground_truth/<label>/, and a reader pairs masks with images by name.
+    stems = [p.stem for p in sources] + [Path(s.image).stem for s in kept]
     duplicates = sorted({s for s in stems if stems.count(s) > 1})
     if duplicates:
         raise ValueError(f"paths: file stems must be unique, {duplicates[0]!r} repeats")
     out_dir = Path(out_dir)
     arguments = {"seed": seed, "kind": kind, "count": count, "params": resolved,
                  "split": split, "label": label, "sources": [os.fspath(p) for p in sources]}
+    if kept:
+        arguments["keep"] = [[s.split, s.label, os.fspath(s.image),
+                              None if s.mask is None else os.fspath(s.mask)] for s in kept]
     spec_record = {"spec": arguments, "spec_sha256": _spec_hash(arguments)}
     _prepare_out_dir(out_dir, spec_record, overwrite)
 
@@ -881,11 +899,59 @@ def stain_real_images(
         _write_png(out_dir / item["impurity_mask"], mask)
         _write_png(out_dir / item["image"], image)
 
+    for sample in tqdm(kept, desc="copy", unit="image", disable=not progress):
+        item = _kept_item(sample)
+        items.append(item)
+        if not overwrite and all((out_dir / f).exists() for f in _item_files(item)):
+            continue
+        # Mask first, image last, as for rendered items.
+        if item["mask"] is not None:
+            _copy_mask(Path(sample.mask), out_dir / item["mask"])
+        _copy_file(Path(sample.image), out_dir / item["image"])
+
     manifest = {"format": MANIFEST_FORMAT, "kind": "real+impurities", **spec_record,
                 "surface_model": None, "items": items}
     _write_json(out_dir / "manifest.json", manifest)
-    logger.info("stained %d real images into %s", len(items), out_dir)
+    logger.info("stained %d real images into %s, copied %d", len(sources), out_dir, len(kept))
     return manifest
+
+
+def _kept_item(sample: Any) -> dict[str, Any]:
+    """The manifest item of a real sample copied unchanged by :func:`stain_real_images`."""
+    source = Path(sample.image)
+    has_mask = sample.mask is not None and sample.label != "good"
+    return {
+        "split": sample.split,
+        "label": sample.label,
+        "name": source.stem,
+        "source": os.fspath(source),
+        "source_sha256": hashlib.sha256(source.read_bytes()).hexdigest(),
+        "image": f"{sample.split}/{sample.label}/{source.name}",
+        "mask": f"ground_truth/{sample.label}/{source.stem}_mask.png" if has_mask else None,
+        "mask_source": os.fspath(sample.mask) if has_mask else None,
+        "impurity_mask": None,
+        "impurities": [],
+    }
+
+
+def _copy_file(source: Path, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(path.name + ".partial")
+    partial.write_bytes(source.read_bytes())
+    os.replace(partial, path)
+
+
+def _copy_mask(source: Path, path: Path) -> None:
+    """A PNG mask is copied byte for byte; another format is converted to PNG losslessly."""
+    if source.suffix.lower() == ".png":
+        _copy_file(source, path)
+        return
+    try:
+        with Image.open(source) as mask:
+            pixels = np.asarray(mask)
+    except (OSError, ValueError) as error:
+        raise OSError(f"cannot read mask {os.fspath(source)!r}: {error}") from error
+    _write_png(path, pixels)
 
 
 def restain_item(item: Mapping[str, Any]) -> tuple[np.ndarray, np.ndarray]:
@@ -914,8 +980,8 @@ def restain_item(item: Mapping[str, Any]) -> tuple[np.ndarray, np.ndarray]:
 def main(argv: Sequence[str] | None = None) -> None:
     """``python -m seqpatchcore.render SPEC.json OUT_DIR``: render a dataset from a JSON spec.
 
-    A stand-in until the ``seqpatchcore render`` subcommand reads YAML configs; the spec's keys
-    are the same (docs/render.md).
+    The spec as a plain JSON dict, for scripts; ``seqpatchcore render CONFIG`` reads the same
+    keys from a validated YAML config (docs/render.md).
     """
     parser = argparse.ArgumentParser(prog="python -m seqpatchcore.render",
                                      description="Render a synthetic dataset from a JSON spec.")

@@ -79,7 +79,7 @@ def test_help_lists_the_subcommands(capsys):
         run_cli("--help")
     assert exit_info.value.code == 0
     text = capsys.readouterr().out
-    for command in ("run", "config", "predict", "info"):
+    for command in ("run", "render", "config", "predict", "info"):
         assert command in text
 
 
