@@ -1,5 +1,7 @@
 #include <pybind11/stl.h>
 
+#include <algorithm>
+
 #include <cmath>
 
 #include "bindings/bindings.h"
@@ -185,6 +187,30 @@ Raises:
       py::arg("schema") = "run",
       "A Markdown table of every key of a schema.");
   m.def("config_schemas", &config::schema_names);
+  m.def(
+      "config_key_kind",
+      [](const std::string& schema, const std::string& dotted) -> std::string {
+        const Field* field = &config::schema(schema);
+        size_t start = 0;
+        while (start <= dotted.size()) {
+          const size_t end = std::min(dotted.find('.', start), dotted.size());
+          const std::string part = dotted.substr(start, end - start);
+          const auto it = std::find_if(field->fields.begin(), field->fields.end(),
+                                       [&](const Field& f) { return f.name == part; });
+          if (field->kind != Kind::kSection || it == field->fields.end()) {
+            throw config::ConfigError("unknown key '" + dotted + "' in the " + schema +
+                                      " schema");
+          }
+          field = &*it;
+          start = end + 1;
+        }
+        static const char* names[] = {"bool", "int", "float", "string", "path",
+                                      "list", "section", "map", "any"};
+        return names[static_cast<int>(field->kind)];
+      },
+      py::arg("schema"),
+      py::arg("key"),
+      "The kind of a dotted key of a schema ('path', 'int', ...); ConfigError if unknown.");
 }
 
 }  // namespace spc::bindings

@@ -39,7 +39,16 @@ Field data_section() {
           number("val_fraction", 0.3,
                  "MVTec layouts without a val folder: share of test moved to val (stratified)",
                  0.0, 0.9),
-          integer("limit_train", 0, "use only the first N training images (0 = all)", 0),
+          integer("limit_train", 0, "use only N training images (0 = all); see train_subset", 0),
+          text("train_subset", "first", "which N training images: the first, or a random N "
+               "drawn with the run's seed", {"first", "random"}),
+          optional(path("train_root", "take the training split from this dataset instead of "
+                        "root (e.g. a rendered synthetic set); val and test stay root's")),
+          optional(path("pretrain_root", "stream this dataset's training split first, then "
+                        "meld the training images into its coreset (pre-train, fine-tune)")),
+          optional(path("impure_root", "a dataset of good images with impurity masks (e.g. "
+                        "real test images with rendered stains): its test split is scored as a "
+                        "second test condition, with impurity false alarms")),
           integer("limit_eval", 0, "use only N images of each of val and test, "
                   "stratified by label (0 = all)", 0),
           integer("workers", 2, "threads decoding images", 0, 64),
@@ -293,20 +302,55 @@ Field render_schema() {
       });
 }
 
+Field study_schema() {
+  return section(
+      "",
+      "",
+      {
+          text("name", "study", "the study's name, used for its folder"),
+          path("base", "the run config every cell starts from, relative to this file"),
+          optional(path("output", "study folder; default runs/studies/<name>")),
+          map("overrides", any("value", YAML::Node(), "a value"),
+              "run-config overrides applied to every cell: dotted key -> value"),
+          map("axes",
+              map("level", any("overrides", YAML::Node(YAML::NodeType::Map),
+                               "run-config key -> value"),
+                  "named levels of one axis, each a map of run-config overrides"),
+              "axes of the study: axis -> level -> {dotted run-config key: value}; the cells "
+              "are the product of all axes; a level's value wins over the grid's"),
+          map("grid", any("values", YAML::Node(), "a list of values"),
+              "plain sweeps: dotted run-config key -> list of values, crossed with the axes"),
+          list("seeds", integer("seed", 0, "a run seed", 0), int_sequence({0}),
+               "every cell runs once per seed (the run config's seed)"),
+          list("metrics", text("metric", "", "a dotted key of metrics.json"),
+               sequence({"test.image_auroc", "test.pixel_auroc", "test.aupro",
+                         "test.image_f1_max", "test.image_at_threshold.f1",
+                         "test.defect_recall.recall", "seconds.fit", "peak_rss_mb_fit"}),
+               "columns of the results table, dotted keys of each cell's metrics.json"),
+          optional(text("device", "cpu", "override every cell's device",
+                        {"cpu", "cuda", "auto"})),
+          boolean("save_models", false, "keep each cell's model.spc"),
+      });
+}
+
 }  // namespace
 
 const Field& schema(const std::string& name) {
   static const Field run = run_schema();
   static const Field render = render_schema();
+  static const Field study = study_schema();
   if (name == "run") {
     return run;
   }
   if (name == "render") {
     return render;
   }
-  throw ConfigError("unknown config schema '" + name + "'; expected one of: run, render");
+  if (name == "study") {
+    return study;
+  }
+  throw ConfigError("unknown config schema '" + name + "'; expected one of: run, render, study");
 }
 
-std::vector<std::string> schema_names() { return {"run", "render"}; }
+std::vector<std::string> schema_names() { return {"run", "render", "study"}; }
 
 }  // namespace spc::config

@@ -74,7 +74,7 @@ def _build_parser() -> argparse.ArgumentParser:
 
     config = commands.add_parser("config", help="describe a config schema or check a file")
     action = config.add_mutually_exclusive_group(required=True)
-    action.add_argument("--describe", metavar="SCHEMA", choices=["run", "render"],
+    action.add_argument("--describe", metavar="SCHEMA", choices=["run", "render", "study"],
                         help="print every key of a schema as a Markdown table")
     action.add_argument("--check", type=Path, metavar="FILE",
                         help="validate a run config and print it with defaults filled in")
@@ -89,6 +89,21 @@ def _build_parser() -> argparse.ArgumentParser:
     predict.add_argument("images", type=Path, nargs="+", help="image files or folders")
     predict.add_argument("--output", type=Path, required=True, help="folder for the results")
     predict.add_argument("--heatmaps", action="store_true", help="also write overlays")
+
+    sweep = commands.add_parser(
+        "sweep", help="run every cell of a study (restartable), then write its table and plots",
+        description="Each cell is `seqpatchcore run` in its own process; finished cells are "
+                    "kept and skipped, so a stopped sweep continues where it was. Writes "
+                    "<study>/results.csv, results.md and plots/*.png.")
+    sweep.add_argument("study", type=Path, help="a study config, e.g. configs/study_melding.yaml")
+    sweep.add_argument("--set", dest="overrides", action="append", default=[],
+                       metavar="KEY=VALUE", help="override a study key (repeatable)")
+    sweep.add_argument("--fail-fast", action="store_true", help="stop at the first failed cell")
+    sweep.add_argument("--no-progress", action="store_true", help="hide progress bars")
+
+    report = commands.add_parser("report", help="rebuild a study's table and plots from its "
+                                                "run folders")
+    report.add_argument("folder", type=Path, help="a study folder written by sweep")
 
     commands.add_parser("info", help="versions, devices and where the weights are found")
     return parser
@@ -388,6 +403,23 @@ def _predict(args: argparse.Namespace) -> int:
     return 0
 
 
+def _sweep(args: argparse.Namespace) -> int:
+    from seqpatchcore import study
+
+    folder = study.sweep(args.study, args.overrides, progress=not args.no_progress,
+                         fail_fast=args.fail_fast)
+    print(f"wrote {folder / 'results.md'}")
+    return 0
+
+
+def _report(args: argparse.Namespace) -> int:
+    from seqpatchcore import study
+
+    folder = study.report(args.folder)
+    print((folder / "results.md").read_text(), end="")
+    return 0
+
+
 def _info(args: argparse.Namespace) -> int:
     import torch
 
@@ -413,7 +445,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     _configure_logging(args.verbose)
     handlers = {"run": _run, "render": _render, "config": _config, "predict": _predict,
-                "info": _info}
+                "sweep": _sweep, "report": _report, "info": _info}
     try:
         return handlers[args.command](args)
     except KeyboardInterrupt:

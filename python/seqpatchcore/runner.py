@@ -134,10 +134,11 @@ def plan_run(config: dict[str, Any], locations: dict[str, str],
                            f"'{data['test_split']}' images with impurity masks in "
                            f"{data['impure_root']}")
 
+    names.update(pretrain=names["train"], impure=names["test"])
     for role, samples in [*selected.items(), ("pretrain", pretrain), ("impure", impure)]:
         try:
             if samples:
-                validate_samples(samples, names.get(role, role), root)
+                validate_samples(samples, names[role], root)
         except DatasetError as error:
             raise RunError(str(error)) from error
 
@@ -441,4 +442,5 @@ def environment(config: dict[str, Any]) -> dict[str, Any]:
         "cuda_available": torch.cuda.is_available(),
         "device": config["device"],
         "seed": config["seed"],
+        "pid": os.getpid(),
     }

@@ -20,6 +20,7 @@ import itertools
 import json
 import logging
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -35,16 +36,6 @@ from seqpatchcore.files import write_bytes, write_json, write_text
 logger = logging.getLogger(__name__)
 
 STUDY_FILE = "study.yaml"
-DEFAULT_METRICS = [
-    "test.image_auroc",
-    "test.pixel_auroc",
-    "test.aupro",
-    "test.image_f1_max",
-    "test.image_at_threshold.f1",
-    "test.defect_recall.recall",
-    "seconds.fit",
-    "peak_rss_mb",
-]
 
 
 class StudyError(ValueError):
@@ -75,6 +66,22 @@ def load_study(file: str | os.PathLike, overrides: list[str] | None = None) -> d
     base = Path(study["base"])
     if not base.is_file():
         raise StudyError(f"{locations.get('base', file)}: base: no such run config {base}")
+    # Relative paths among the overrides start at the study file, like every path in it.
+    here = Path(file).resolve().parent
+    for axis, levels in (study["axes"] or {}).items():
+        for level, assignments in levels.items():
+            for key, value in (assignments or {}).items():
+                where = locations.get(f"axes.{axis}.{level}.{key}", str(file))
+                assignments[key] = _resolve(key, value, here, where)
+    for key, value in (study["overrides"] or {}).items():
+        study["overrides"][key] = _resolve(key, value, here, locations.get(f"overrides.{key}",
+                                                                           str(file)))
+    for key, values in (study["grid"] or {}).items():
+        where = locations.get(f"grid.{key}", str(file))
+        if not isinstance(values, list) or not values:
+            raise StudyError(f"{where}: grid.{key}: expected a non-empty list of values, got "
+                             f"{values!r}")
+        study["grid"][key] = [_resolve(key, value, here, where) for value in values]
     study["_locations"] = locations
     study["_file"] = str(Path(file).resolve())
     for cell in cells_of(study):
@@ -93,12 +100,14 @@ def cells_of(study: dict[str, Any]) -> list[Cell]:
         for values in itertools.product(*grid_values) if grid_values else [()]:
             for seed in study["seeds"]:
                 levels = {axis: name for axis, name, _ in combination}
-                overrides: dict[str, Any] = {}
-                for _, _, level_overrides in combination:
-                    overrides.update(level_overrides or {})
+                # Precedence: the study's common overrides, the grid, then the levels (the
+                # most specific; e.g. a "synthetic only" level that ignores a real-data grid).
+                overrides: dict[str, Any] = dict(study.get("overrides") or {})
                 for key, value in values:
                     overrides[key] = value
                     levels[key] = _short(value)
+                for _, _, level_overrides in combination:
+                    overrides.update(level_overrides or {})
                 overrides["seed"] = seed
                 cells.append(Cell(levels, overrides, seed))
     return cells
@@ -135,10 +144,17 @@ def sweep(file: str | os.PathLike, overrides: list[str] | None = None, progress:
                {k: v for k, v in study.items() if not k.startswith("_")})
 
     cells = cells_of(study)
-    pending = [cell for cell in cells if not (folder / "cells" / cell.name / "metrics.json").exists()]
+    pending = [cell for cell in cells
+               if not (folder / "cells" / cell.name / "metrics.json").exists()]
     logger.info("study %s: %d cells, %d to run", study["name"], len(cells), len(pending))
     failures = []
     for cell in tqdm(pending, desc=f"study {study['name']}", unit="cell", disable=not progress):
+        twin = _finished_twin(folder, cells, cell)
+        if twin is not None:
+            # Same overrides and seed as a finished cell (a level that ignores a grid key):
+            # the run would be identical, so its folder is copied instead.
+            shutil.copytree(twin, folder / "cells" / cell.name)
+            continue
         config_file = folder / "configs" / f"{cell.name}.yaml"
         config = cell_config(study, cell)
         config["output"]["dir"] = str((folder / "cells" / cell.name).resolve())
@@ -163,6 +179,15 @@ def sweep(file: str | os.PathLike, overrides: list[str] | None = None, progress:
         raise StudyError(f"{len(failures)} cell(s) failed: {', '.join(failures)}; their logs are "
                          f"in {folder / 'logs'}; run the sweep again to retry them")
     return folder
+
+
+def _finished_twin(folder: Path, cells: list[Cell], cell: Cell) -> Path | None:
+    for other in cells:
+        finished = folder / "cells" / other.name
+        if (other is not cell and other.overrides == cell.overrides
+                and (finished / "metrics.json").exists()):
+            return finished
+    return None
 
 
 def collect(folder: Path) -> tuple[dict[str, Any], list[dict[str, Any]]]:
@@ -282,6 +307,17 @@ def _plot(path: Path, summary: list[dict[str, Any]], axes: list[str], metric: st
     figure.savefig(buffer, format="png", dpi=110)
     plt.close(figure)
     write_bytes(path, buffer.getvalue())
+
+
+def _resolve(key: str, value: Any, here: Path, where: str) -> Any:
+    """Check that `key` is a run-config key; make a relative path value absolute."""
+    try:
+        kind = _C.config_key_kind("run", key)
+    except _C.ConfigError as error:
+        raise StudyError(f"{where}: {error}") from error
+    if kind == "path" and isinstance(value, str) and not Path(value).is_absolute():
+        return str((here / value).resolve())
+    return value
 
 
 def _lookup(results: dict[str, Any], dotted: str) -> Any:
