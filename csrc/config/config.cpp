@@ -746,7 +746,7 @@ void apply_override(YAML::Node& document, const std::string& assignment) {
   };
   std::vector<Step> steps;
   std::stringstream stream(key);
-  static const std::regex part_pattern(R"(([^\[\]]+)((\[[0-9]+\])*))");
+  static const std::regex part_pattern(R"(([^\[\]]+)((\[[0-9]{1,9}\])*))");
   for (std::string part; std::getline(stream, part, '.');) {
     std::smatch match;
     if (!std::regex_match(part, match, part_pattern)) {

@@ -163,24 +163,32 @@ def _config_error(where: str | None, key: str, problem: str, config: Path) -> Va
     return ValueError(f"{where or config}: {key}: {problem}")
 
 
+def _config_key(path: str, locations: dict[str, str], root: str, prefix: str) -> str | None:
+    """The config key of a key path named in an error message, or None if it names none.
+
+    Messages of `render.normalize_spec` name paths under `root` "spec"
+    (``spec.surface.params`` is the config's ``surface.params``); those of
+    `render.stain_real_images` under "params" (the config's ``real.params``).
+    """
+    if path != root and not path.startswith((root + ".", root + "[")):
+        return None
+    key = prefix + (path.removeprefix("spec.") if root == "spec" else path)
+    return key if key.split(".")[0].split("[")[0] in locations else None
+
+
 def _locate(message: str, locations: dict[str, str], root: str, prefix: str) -> str | None:
     """The location of the most specific config key that an error message names.
 
-    Messages of `render.normalize_spec` name key paths under `root` (``spec.surface.params``),
-    which are the config's keys under `prefix` ("" for a synthetic config, "real." for the
-    parameters of a real_stains config). The path's longest part that the config file sets
-    is taken, then refined by a later word of the message that names a key below it (an
-    unknown parameter, a struct field such as ``stain.radius_px``).
+    The longest part of the named path that the config sets is taken, then refined by a later
+    word of the message that names a key below it (an unknown parameter, a struct field such
+    as ``stain.radius_px``).
     """
     for match in _KEY_PATH.finditer(message):
-        path = match.group()
-        if path != root and not path.startswith((root + ".", root + "[")):
-            continue
-        key = prefix + path.removeprefix("spec.") if root == "spec" else prefix + path
+        key = _config_key(match.group(), locations, root, prefix)
         while key and _given(locations, key) is None:
             key = re.sub(r"(\.[^.\[]+|\[\d+\])$", "", key) if re.search(r"[.\[]", key) else ""
         if not key:
-            return None
+            continue
         for word in _WORD.findall(message[match.end():]):
             if _given(locations, f"{key}.{word}") is not None:
                 return _given(locations, f"{key}.{word}")
@@ -188,15 +196,12 @@ def _locate(message: str, locations: dict[str, str], root: str, prefix: str) -> 
     return None
 
 
-def _config_keys(message: str, root: str, prefix: str) -> str:
-    """The message with the key paths of `_locate` written as config keys."""
+def _config_keys(message: str, locations: dict[str, str], root: str, prefix: str) -> str:
+    """The message with the key paths that `_locate` reads written as config keys."""
     def rename(match: re.Match) -> str:
-        path = match.group()
-        if path == "spec" or not path.startswith((root + ".", root + "[")) and path != root:
-            return path
-        return prefix + path.removeprefix("spec.") if root == "spec" else prefix + path
+        return _config_key(match.group(), locations, root, prefix) or match.group()
 
-    return _KEY_PATH.sub(rename, message)
+    return _KEY_PATH.sub(rename, message.replace("pass overwrite=True", "pass --overwrite"))
 
 
 def _check_kind_keys(config: dict[str, Any], locations: dict[str, str], path: Path) -> None:
@@ -342,10 +347,10 @@ def _render(args: argparse.Namespace) -> int:
                 overwrite=args.overwrite, progress=progress, keep=keep)
     except (ValueError, TypeError) as error:
         where = _locate(str(error), locations, root, prefix)
+        message = _config_keys(str(error), locations, root, prefix)
         if where is None and isinstance(error, ValueError):
-            raise
-        raise ValueError(f"{where or args.config}: {_config_keys(str(error), root, prefix)}"
-                         ) from error
+            raise ValueError(message) from error
+        raise ValueError(f"{where or args.config}: {message}") from error
 
     items = manifest["items"]
     dirty = sum(1 for item in items if item["impurities"])

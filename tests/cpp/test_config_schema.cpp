@@ -149,6 +149,8 @@ TEST_F(ConfigFile, OverridesReachListItems) {
   EXPECT_NE(override_error("size.x=1").find("'size' is not a section"), std::string::npos);
   EXPECT_NE(override_error("impurities[x].count=1").find("bad key segment 'impurities[x]'"),
             std::string::npos);
+  EXPECT_NE(override_error("impurities[12345678901234567890].count=1").find("bad key segment"),
+            std::string::npos);
 }
 
 TEST_F(ConfigFile, EnvironmentVariablesInPaths) {

@@ -116,7 +116,7 @@ def test_synthetic_config_writes_a_dataset_that_load_dataset_reads(tiny_config, 
             assert data.load_mask(sample.mask, (40, 48)).any()
 
 
-def test_overrides_and_output_option(tiny_config, tmp_path):
+def test_overrides_and_output_option(tiny_config, tmp_path, capsys):
     out = tmp_path / "elsewhere"
     assert run_render(tiny_config, "--output", out, "--set", "seed=6",
                       "--set", "impurities[0].params.radius_px=6") == 0
@@ -127,6 +127,8 @@ def test_overrides_and_output_option(tiny_config, tmp_path):
 
     # The folder holds another config's dataset now: refused without --overwrite.
     assert run_render(tiny_config, "--output", out) == 2
+    message = capsys.readouterr().err
+    assert "from another spec (spec.json differs)" in message and "--overwrite" in message
     assert run_render(tiny_config, "--output", out, "--overwrite") == 0
     assert json.loads((out / "manifest.json").read_text())["spec"]["seed"] == 5
 
