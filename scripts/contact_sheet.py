@@ -22,6 +22,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from PIL import Image  # noqa: E402
+
 from seqpatchcore import render  # noqa: E402
 
 logger = logging.getLogger(__name__)
