@@ -392,7 +392,7 @@ TEST_F(ConfigFile, RenderSchemaErrors) {
 }
 
 TEST(Config, RenderSchemaIsListedAndDescribed) {
-  EXPECT_EQ(schema_names(), (std::vector<std::string>{"run", "render"}));
+  EXPECT_EQ(schema_names(), (std::vector<std::string>{"run", "render", "study"}));
   const std::string table = describe(schema("render"));
   EXPECT_NE(table.find("| `impurities[].kind` | a string: water_stains, fingerprints, dust | "
                        "required |"),
