@@ -96,6 +96,7 @@ can resolve differently (within the bound of csrc/core/distance.h).)doc");
         &cuda::compiled,
         "Whether the CUDA kernels were compiled in; without them CUDA tensors raise an error "
         "that says how to rebuild.");
+  m.attr("cuda_max_k") = cuda::kMaxK;
 
   m.def(
       "greedy_coreset",

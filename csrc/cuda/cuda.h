@@ -2,7 +2,12 @@
 // the core ask through here, so that a CPU-only build compiles the same code.
 #pragma once
 
+#include <cstdint>
+
 namespace spc::cuda {
+
+// The largest k the CUDA kernels keep per query.
+constexpr int64_t kMaxK = 32;
 
 // Whether csrc/cuda's kernels were compiled in (false: CUDA tensors get a clear error).
 bool compiled();

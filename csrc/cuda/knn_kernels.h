@@ -7,10 +7,9 @@
 
 #include <cstdint>
 
-namespace spc::cuda {
+#include "cuda/cuda.h"
 
-// The largest k the kernels keep per query.
-constexpr int64_t kMaxK = 32;
+namespace spc::cuda {
 
 // The most bank ranges one search is split into (see choose_splits).
 constexpr int kMaxSplits = 64;
