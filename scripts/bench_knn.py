@@ -11,7 +11,8 @@ cannot beat, and each method's GFLOP/s = 2 q n d / seconds against it.
     python scripts/bench_knn.py --results results/knn --quick    # a smoke run of seconds
     python scripts/bench_knn.py --results out --device cuda --grid 10000:100000:256
 
-Times are medians of --repeats runs after one warm-up. cdist + min and the reference matrix
+Times are medians of --repeats rounds after a warm-up round; a round runs every method once,
+so that other work on a shared machine slows them alike. cdist + min and the reference matrix
 products run over query chunks whose [chunk, n] output stays under 256 MiB, as a researcher
 would have to; the matrix-product time is measured on one chunk and scaled to all q rows.
 Writes knn_<device>.csv and knn_<device>.md (atomically) into --results.
@@ -78,17 +79,20 @@ class Row:
         return None if seconds is None else 2.0 * self.q * self.n * self.d / seconds / 1e9
 
 
-def median_seconds(run: Callable[[], object], repeats: int, sync: Callable[[], None]) -> float:
-    """Median wall time of `repeats` calls after one warm-up call."""
-    run()
-    sync()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        run()
-        sync()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+def interleaved_medians(runs: dict[str, Callable[[], object]], repeats: int,
+                        sync: Callable[[], None]) -> dict[str, float]:
+    """Median wall time of each run over `repeats` rounds, after one warm-up round. Each round
+    calls every run once, so a change of load on a shared machine hits them all alike."""
+    times: dict[str, list[float]] = {name: [] for name in runs}
+    for round_index in range(repeats + 1):
+        for name, run in runs.items():
+            sync()
+            start = time.perf_counter()
+            run()
+            sync()
+            if round_index > 0:
+                times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(values) for name, values in times.items()}
 
 
 def chunk_rows(n: int) -> int:
@@ -103,44 +107,40 @@ def cdist_min(queries: torch.Tensor, bank: torch.Tensor) -> torch.Tensor:
     return torch.cat(nearest)
 
 
-def matmul_seconds(queries: torch.Tensor, bank: torch.Tensor, repeats: int,
-                   sync: Callable[[], None]) -> float:
-    """Seconds of torch.mm for all q rows, from one [chunk, d] @ [d, n] product."""
-    rows = min(len(queries), chunk_rows(len(bank)))
-    chunk = queries[:rows]
-    out = torch.empty(rows, len(bank), device=queries.device)
-    transposed = bank.t()
-    seconds = median_seconds(lambda: torch.mm(chunk, transposed, out=out), repeats, sync)
-    return seconds * len(queries) / rows
-
-
 def measure(device: torch.device, n: int, q: int, d: int, repeats: int, seed: int) -> Row:
     generator = torch.Generator().manual_seed(seed)
     bank = torch.randn(n, d, generator=generator)
     queries = torch.randn(q, d, generator=generator)
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    runs: dict[str, Callable[[], object]] = {}
 
-    faiss_s = agree_faiss = None
     if device.type == "cpu":
         import faiss
 
         index = faiss.IndexFlatL2(d)
         index.add(bank.numpy())
-        faiss_s = median_seconds(lambda: index.search(queries.numpy(), 1), repeats, sync)
-        _, faiss_indices = index.search(queries.numpy(), 1)
+        array = queries.numpy()
+        runs["faiss"] = lambda: index.search(array, 1)
 
     bank = bank.to(device)
     queries = queries.to(device)
-    ours_s = median_seconds(lambda: _C.nearest_neighbors(queries, bank, 1), repeats, sync)
-    ours = _C.nearest_neighbors(queries, bank, 1)[1][:, 0].cpu()
-    cdist_s = median_seconds(lambda: cdist_min(queries, bank), repeats, sync)
-    cdist = cdist_min(queries, bank).cpu()
-    mm_s = matmul_seconds(queries, bank, repeats, sync)
+    runs["ours"] = lambda: _C.nearest_neighbors(queries, bank, 1)
+    runs["cdist"] = lambda: cdist_min(queries, bank)
+    # The reference product: one [chunk, d] @ [d, n] block, scaled to all q rows below.
+    rows = min(q, chunk_rows(n))
+    chunk, transposed = queries[:rows], bank.t()
+    out = torch.empty(rows, n, device=device)
+    runs["mm"] = lambda: torch.mm(chunk, transposed, out=out)
+    seconds = interleaved_medians(runs, repeats, sync)
 
-    if faiss_s is not None:
+    ours = _C.nearest_neighbors(queries, bank, 1)[1][:, 0].cpu()
+    agree_cdist = float((cdist_min(queries, bank).cpu() == ours).double().mean())
+    agree_faiss = None
+    if "faiss" in runs:
+        _, faiss_indices = index.search(array, 1)
         agree_faiss = float((torch.from_numpy(faiss_indices[:, 0]) == ours).double().mean())
-    agree_cdist = float((cdist == ours).double().mean())
-    return Row(device.type, n, q, d, ours_s, faiss_s, cdist_s, mm_s, agree_faiss, agree_cdist)
+    return Row(device.type, n, q, d, seconds["ours"], seconds.get("faiss"), seconds["cdist"],
+               seconds["mm"] * q / rows, agree_faiss, agree_cdist)
 
 
 def describe_machine(device: torch.device) -> str:
@@ -174,9 +174,10 @@ def markdown(rows: list[Row], device: torch.device, repeats: int) -> str:
     lines = [
         f"# Nearest-neighbour search (k = 1) on {device.type.upper()}",
         "",
-        f"Machine: {describe_machine(device)}. Medians of {repeats} runs, float32, Gaussian "
-        "data. GFLOP/s = 2 q n d / seconds; `mm` is torch.mm of the same shape, the rate a "
-        "distance search cannot beat. Speed-ups are the other tool's time over ours (> 1: "
+        f"Machine: {describe_machine(device)}; load average {os.getloadavg()[0]:.1f} at the "
+        f"end. Medians of {repeats} interleaved rounds, float32, Gaussian data. GFLOP/s = "
+        "2 q n d / seconds; `mm` is torch.mm of the same shape, the rate a distance search "
+        "cannot beat. Speed-ups are the other tool's time over ours (> 1: "
         "ours is faster).",
         "",
     ]

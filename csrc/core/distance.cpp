@@ -7,6 +7,7 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <limits>
 #include <utility>
@@ -18,17 +19,41 @@ namespace spc {
 namespace {
 
 // Note [Blocked CPU search]
-// The fast search never holds a [q, n] matrix, nor even a [chunk, n] one: it takes blocks of
-// kBlockRowsPerThread * threads queries and walks the bank in blocks of kBlockColumns rows, so
-// that the block of products (1 MiB per thread in float32) is still in cache when the threads
-// scan it, each its own rows. The scan folds the products into a running minimum (or a heap of
-// the keep smallest) and keeps the few bank rows within the error slack of it; only those get
-// exact distances at the end. The matrix product of a block is one multithreaded BLAS call:
-// calling BLAS from inside a parallel loop instead would nest its threads in ours, since torch
-// turns MKL's dynamic thread adjustment off, and oversubscribe every core.
-constexpr int64_t kBlockRowsPerThread = 512;
+// The fast search never holds a [q, n] matrix, nor even a [chunk, n] one: each thread takes
+// blocks of kBlockRows queries and walks the bank in blocks of kBlockColumns rows, so that one
+// block of products (2 MiB in float32) stays in the core's cache while it is scanned. Blocks
+// this large also spread the packing the matrix product does over many products. The scan
+// folds the products into a running minimum (or a heap of the keep smallest) and keeps the few
+// bank rows within the error slack of it; only those get exact distances at the end. One
+// single-threaded matrix product per block and a parallel loop over query blocks use every
+// core without a second pass over memory.
+constexpr int64_t kBlockRows = 1024;
 constexpr int64_t kBlockColumns = 512;
-constexpr int64_t kScanGrain = 16;
+
+// Note [BLAS inside our threads]
+// Each thread multiplies its own blocks, so the BLAS call inside must use that one thread.
+// OpenBLAS and oneDNN see the enclosing OpenMP region and do so; MKL, torch's BLAS on x86, does
+// not, because torch turns MKL's dynamic adjustment off: every thread would start a team of its
+// own and oversubscribe the cores. MKL's per-thread setting (its C entry point; the lower-case
+// name is the Fortran one, which takes a pointer) is a weak reference, resolved from torch's
+// library where it exports it and null elsewhere.
+extern "C" int MKL_Set_Num_Threads_Local(int threads) __attribute__((weak));
+
+class SingleThreadedBlas {
+ public:
+  SingleThreadedBlas()
+      : previous_(MKL_Set_Num_Threads_Local != nullptr ? MKL_Set_Num_Threads_Local(1) : 0) {}
+  ~SingleThreadedBlas() {
+    if (MKL_Set_Num_Threads_Local != nullptr) {
+      MKL_Set_Num_Threads_Local(previous_);  // 0 restores the global setting
+    }
+  }
+  SingleThreadedBlas(const SingleThreadedBlas&) = delete;
+  SingleThreadedBlas& operator=(const SingleThreadedBlas&) = delete;
+
+ private:
+  int previous_;
+};
 
 template <typename scalar_t>
 bool all_finite(const scalar_t* data, int64_t count) {
@@ -264,43 +289,48 @@ void search_matmul(const at::Tensor& queries,
   const scalar_t* norms = bank_norms.data_ptr<scalar_t>();
   scalar_t* out_distances = distances.data_ptr<scalar_t>();
   int64_t* out_indices = indices.data_ptr<int64_t>();
+  const int64_t num_blocks = (num_queries + block_rows - 1) / block_rows;
 
-  // products: [block_rows * block_columns], reused for every block
-  at::Tensor products = at::empty({block_rows * block_columns}, queries.options());
-  std::vector<RowSearch<scalar_t>> searches(block_rows);
-  std::vector<double> slack(block_rows);
+  // Threads claim query blocks one at a time, so a thread slowed by other work on the machine
+  // does not hold the others up at the end.
+  std::atomic<int64_t> next_block{0};
+  const int64_t tasks = std::min<int64_t>(num_blocks, at::get_num_threads());
+  at::parallel_for(0, tasks, 1, [&](int64_t, int64_t) {
+    const SingleThreadedBlas single_threaded_blas;
+    // products: [block_rows * block_columns], reused for every block of this task
+    at::Tensor products = at::empty({block_rows * block_columns}, queries.options());
+    std::vector<RowSearch<scalar_t>> searches(block_rows);
+    std::vector<std::pair<double, int64_t>> nearest;
 
-  for (int64_t start = 0; start < num_queries; start += block_rows) {
-    const int64_t rows = std::min(block_rows, num_queries - start);
+    for (int64_t block = next_block++; block < num_blocks; block = next_block++) {
+      const int64_t start = block * block_rows;
+      const int64_t rows = std::min(block_rows, num_queries - start);
 
-    // query_centred: [rows, d]; query_norms: [rows]
-    const at::Tensor query_centred = queries.narrow(0, start, rows) - centre;
-    const at::Tensor query_norms = query_centred.square().sum(1);
-    const scalar_t* query_norm = query_norms.data_ptr<scalar_t>();
-    for (int64_t r = 0; r < rows; ++r) {
-      searches[r].reset();
-      slack[r] = 2.0 * matmul_error_bound(unit_roundoff,
-                                          dim,
-                                          static_cast<double>(query_norm[r]),
-                                          max_bank_norm);
-    }
+      // query_centred: [rows, d]; query_norms: [rows]
+      const at::Tensor query_centred = queries.narrow(0, start, rows) - centre;
+      const at::Tensor query_norms = query_centred.square().sum(1);
+      const scalar_t* query_norm = query_norms.data_ptr<scalar_t>();
+      std::vector<double> slack(rows);
+      for (int64_t r = 0; r < rows; ++r) {
+        searches[r].reset();
+        slack[r] = 2.0 * matmul_error_bound(unit_roundoff,
+                                            dim,
+                                            static_cast<double>(query_norm[r]),
+                                            max_bank_norm);
+      }
 
-    for (int64_t first = 0; first < num_bank; first += block_columns) {
-      const int64_t count = std::min(block_columns, num_bank - first);
-      // block_products: [rows, count] dot products of centred queries and bank rows
-      at::Tensor block_products = products.narrow(0, 0, rows * count).view({rows, count});
-      at::mm_out(block_products, query_centred, bank_centred.narrow(0, first, count).t());
-      scalar_t* data = block_products.data_ptr<scalar_t>();
-      at::parallel_for(0, rows, kScanGrain, [&](int64_t begin, int64_t end) {
-        for (int64_t r = begin; r < end; ++r) {
+      for (int64_t first = 0; first < num_bank; first += block_columns) {
+        const int64_t count = std::min(block_columns, num_bank - first);
+        // block: [rows, count] dot products of centred queries and bank rows
+        at::Tensor block_products = products.narrow(0, 0, rows * count).view({rows, count});
+        at::mm_out(block_products, query_centred, bank_centred.narrow(0, first, count).t());
+        scalar_t* data = block_products.data_ptr<scalar_t>();
+        for (int64_t r = 0; r < rows; ++r) {
           scan_block(data + r * count, norms + first, first, count, keep, slack[r], searches[r]);
         }
-      });
-    }
+      }
 
-    at::parallel_for(0, rows, kScanGrain, [&](int64_t begin, int64_t end) {
-      std::vector<std::pair<double, int64_t>> nearest;
-      for (int64_t r = begin; r < end; ++r) {
+      for (int64_t r = 0; r < rows; ++r) {
         const int64_t i = start + r;
         const double cutoff = static_cast<double>(searches[r].kth) + slack[r];
         nearest.clear();
@@ -312,8 +342,8 @@ void search_matmul(const at::Tensor& queries,
         keep_smallest(nearest, keep);
         write_row(nearest, out_distances + i * k, out_indices + i * k);
       }
-    });
-  }
+    }
+  });
 }
 
 }  // namespace
@@ -464,9 +494,10 @@ std::tuple<at::Tensor, at::Tensor> nearest_neighbors_cpu(const at::Tensor& queri
     if (exact) {
       search_exact<scalar_t>(q, b, k, distances, indices);
     } else {
+      // Small query sets still spread over every thread.
+      const int64_t per_thread = (num_queries + at::get_num_threads() - 1) / at::get_num_threads();
       const int64_t rows =
-          chunk_rows > 0 ? std::min(chunk_rows, num_queries)
-                         : std::min(num_queries, kBlockRowsPerThread * at::get_num_threads());
+          chunk_rows > 0 ? chunk_rows : std::clamp<int64_t>(per_thread, 1, kBlockRows);
       search_matmul<scalar_t>(q, b, k, rows, distances, indices);
     }
   });
