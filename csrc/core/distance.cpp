@@ -19,14 +19,15 @@ namespace spc {
 namespace {
 
 // Note [Blocked CPU search]
-// The fast search never holds a [q, n] matrix, nor even a [chunk, n] one: each thread takes
-// blocks of kBlockRows queries and walks the bank in blocks of kBlockColumns rows, so that one
-// block of products (2 MiB in float32) stays in the core's cache while it is scanned. Blocks
-// this large also spread the packing the matrix product does over many products. The scan
-// folds the products into a running minimum (or a heap of the keep smallest) and keeps the few
-// bank rows within the error slack of it; only those get exact distances at the end. One
-// single-threaded matrix product per block and a parallel loop over query blocks use every
-// core without a second pass over memory.
+// The fast search never holds a [q, n] matrix, nor even a [chunk, n] one. Each thread claims
+// blocks of up to kBlockRows queries and walks the bank in blocks of kBlockColumns rows: one
+// single-threaded matrix product per block, whose products (2 MiB in float32) are still in the
+// core's cache when the thread scans them. Blocks this large also spread the packing the matrix
+// product does over many products. The scan folds the products into a running minimum (or a
+// heap of the keep smallest) and keeps the few bank rows within the error slack of it; only
+// those get exact distances at the end. The whole search is one parallel region, so threads
+// never wait for each other between blocks (which costs dearly on a busy machine), and a
+// thread slowed by other work just claims fewer blocks.
 constexpr int64_t kBlockRows = 1024;
 constexpr int64_t kBlockColumns = 512;
 
@@ -34,18 +35,23 @@ constexpr int64_t kBlockColumns = 512;
 // Each thread multiplies its own blocks, so the BLAS call inside must use that one thread.
 // OpenBLAS and oneDNN see the enclosing OpenMP region and do so; MKL, torch's BLAS on x86, does
 // not, because torch turns MKL's dynamic adjustment off: every thread would start a team of its
-// own and oversubscribe the cores. MKL's per-thread setting (its C entry point; the lower-case
-// name is the Fortran one, which takes a pointer) is a weak reference, resolved from torch's
-// library where it exports it and null elsewhere.
+// own and oversubscribe the cores (two threads ran slower than one). MKL's per-thread setting
+// (its C entry point; the lower-case name is the Fortran one, which takes a pointer) is a weak
+// reference, resolved from torch's library where it exports it and null elsewhere.
+#if defined(__linux__) && defined(__x86_64__)
 extern "C" int MKL_Set_Num_Threads_Local(int threads) __attribute__((weak));
+#define SPC_MKL_LOCAL_THREADS MKL_Set_Num_Threads_Local
+#else
+#define SPC_MKL_LOCAL_THREADS static_cast<int (*)(int)>(nullptr)
+#endif
 
 class SingleThreadedBlas {
  public:
   SingleThreadedBlas()
-      : previous_(MKL_Set_Num_Threads_Local != nullptr ? MKL_Set_Num_Threads_Local(1) : 0) {}
+      : previous_(SPC_MKL_LOCAL_THREADS != nullptr ? SPC_MKL_LOCAL_THREADS(1) : 0) {}
   ~SingleThreadedBlas() {
-    if (MKL_Set_Num_Threads_Local != nullptr) {
-      MKL_Set_Num_Threads_Local(previous_);  // 0 restores the global setting
+    if (SPC_MKL_LOCAL_THREADS != nullptr) {
+      SPC_MKL_LOCAL_THREADS(previous_);  // 0 restores the global setting
     }
   }
   SingleThreadedBlas(const SingleThreadedBlas&) = delete;
@@ -291,8 +297,7 @@ void search_matmul(const at::Tensor& queries,
   int64_t* out_indices = indices.data_ptr<int64_t>();
   const int64_t num_blocks = (num_queries + block_rows - 1) / block_rows;
 
-  // Threads claim query blocks one at a time, so a thread slowed by other work on the machine
-  // does not hold the others up at the end.
+  // Threads claim query blocks one at a time (Note [Blocked CPU search]).
   std::atomic<int64_t> next_block{0};
   const int64_t tasks = std::min<int64_t>(num_blocks, at::get_num_threads());
   at::parallel_for(0, tasks, 1, [&](int64_t, int64_t) {
