@@ -378,11 +378,6 @@ double matmul_unit_roundoff(at::ScalarType dtype, bool cuda) {
   return std::ldexp(1.0, -24);
 }
 
-int64_t rows_per_chunk(int64_t columns, int64_t element_bytes, int64_t budget_bytes) {
-  const int64_t row_bytes = std::max<int64_t>(1, columns) * element_bytes;
-  return std::max<int64_t>(1, budget_bytes / row_bytes);
-}
-
 void check_features(const at::Tensor& features, const char* name) {
   TORCH_CHECK(features.defined(), name, " should be a tensor, got an undefined tensor");
   TORCH_CHECK(features.dim() == 2,
