@@ -11,6 +11,7 @@
 #include <algorithm>
 #include <limits>
 #include <tuple>
+#include <type_traits>
 
 #include "core/distance.h"
 #include "cuda/cuda.h"
