@@ -6,6 +6,7 @@
 #include "core/distance.h"
 #include "core/greedy_coreset.h"
 #include "core/sequential_coreset.h"
+#include "cuda/cuda.h"
 
 namespace py = pybind11;
 
@@ -78,11 +79,24 @@ Args:
     queries: [q, d] float32 or float64.
     bank: [n, d], same dtype.
     k: neighbours per query; columns beyond n hold +inf and -1.
-    mode: 'matmul' (one matrix product per chunk, exact refinement) or 'exact'.
-    chunk_rows: queries per chunk (memory chunk_rows * n); 0 picks it from a 64 MiB budget.
+    mode: 'matmul' (matrix products, see below) or 'exact' (sums of squared differences in
+        double).
+    chunk_rows: queries per block; 0 chooses. On the CPU memory is O(threads * chunk_rows *
+        512); on CUDA, O(chunk_rows * k) for the per-block lists.
 
 Returns:
-    (distances [q, k] ascending, indices [q, k] int64); equal distances ordered by index.)doc");
+    (distances [q, k] ascending, indices [q, k] int64); equal distances ordered by index.
+
+On the CPU both modes return the exact k nearest (the products only filter candidates). CUDA
+tensors (k <= 32) run a fused kernel on the current stream: 'exact' matches the CPU, 'matmul'
+computes float32 distances with the norm trick, without the exact refinement, so near ties
+can resolve differently (within the bound of csrc/core/distance.h).)doc");
+
+  m.def("cuda_compiled",
+        &cuda::compiled,
+        "Whether the CUDA kernels were compiled in; without them CUDA tensors raise an error "
+        "that says how to rebuild.");
+  m.attr("cuda_max_k") = cuda::kMaxK;
 
   m.def(
       "greedy_coreset",

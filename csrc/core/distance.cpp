@@ -7,6 +7,7 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <limits>
 #include <utility>
@@ -17,7 +18,48 @@
 namespace spc {
 namespace {
 
-constexpr int64_t kDefaultChunkBudgetBytes = int64_t{64} << 20;
+// Note [Blocked CPU search]
+// The fast search never holds a [q, n] matrix, nor even a [chunk, n] one. Each thread claims
+// blocks of up to kBlockRows queries and walks the bank in blocks of kBlockColumns rows: one
+// single-threaded matrix product per block, whose products (2 MiB in float32) are still in the
+// core's cache when the thread scans them. Blocks this large also spread the packing the matrix
+// product does over many products. The scan folds the products into a running minimum (or a
+// heap of the keep smallest) and keeps the few bank rows within the error slack of it; only
+// those get exact distances at the end. The whole search is one parallel region, so threads
+// never wait for each other between blocks (which costs dearly on a busy machine), and a
+// thread slowed by other work just claims fewer blocks.
+constexpr int64_t kBlockRows = 1024;
+constexpr int64_t kBlockColumns = 512;
+
+// Note [BLAS inside our threads]
+// Each thread multiplies its own blocks, so the BLAS call inside must use that one thread.
+// OpenBLAS and oneDNN see the enclosing OpenMP region and do so; MKL, torch's BLAS on x86, does
+// not, because torch turns MKL's dynamic adjustment off: every thread would start a team of its
+// own and oversubscribe the cores (two threads ran slower than one). MKL's per-thread setting
+// (its C entry point; the lower-case name is the Fortran one, which takes a pointer) is a weak
+// reference, resolved from torch's library where it exports it and null elsewhere.
+#if defined(__linux__) && defined(__x86_64__)
+extern "C" int MKL_Set_Num_Threads_Local(int threads) __attribute__((weak));
+#define SPC_MKL_LOCAL_THREADS MKL_Set_Num_Threads_Local
+#else
+#define SPC_MKL_LOCAL_THREADS static_cast<int (*)(int)>(nullptr)
+#endif
+
+class SingleThreadedBlas {
+ public:
+  SingleThreadedBlas()
+      : previous_(SPC_MKL_LOCAL_THREADS != nullptr ? SPC_MKL_LOCAL_THREADS(1) : 0) {}
+  ~SingleThreadedBlas() {
+    if (SPC_MKL_LOCAL_THREADS != nullptr) {
+      SPC_MKL_LOCAL_THREADS(previous_);  // 0 restores the global setting
+    }
+  }
+  SingleThreadedBlas(const SingleThreadedBlas&) = delete;
+  SingleThreadedBlas& operator=(const SingleThreadedBlas&) = delete;
+
+ private:
+  int previous_;
+};
 
 template <typename scalar_t>
 bool all_finite(const scalar_t* data, int64_t count) {
@@ -81,18 +123,165 @@ void search_exact(const at::Tensor& queries,
   });
 }
 
-// See Note [Exact decisions from fast distances].
+// The state of one query during the blocked search: the running keep-th smallest fast value
+// and every bank row that may still be among the keep nearest exactly. Values are fast squared
+// distances less the query's squared norm, which is the same for the whole row and so changes
+// no comparison.
+template <typename scalar_t>
+struct RowSearch {
+  scalar_t kth = std::numeric_limits<scalar_t>::infinity();
+  std::vector<scalar_t> heap;  // max-heap of the keep smallest values so far (keep > 1 only)
+  std::vector<std::pair<scalar_t, int64_t>> candidates;
+
+  void reset() {
+    kth = std::numeric_limits<scalar_t>::infinity();
+    heap.clear();
+    candidates.clear();
+  }
+};
+
+// The scan below is the only per-element work besides the matrix product; it vectorises, and on
+// x86-64 Linux the loader picks the widest instruction set the CPU has (the library itself is
+// compiled for the baseline).
+#if defined(__x86_64__) && defined(__linux__) && (defined(__GNUC__) || defined(__clang__))
+#define SPC_VECTOR_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
+#else
+#define SPC_VECTOR_CLONES
+#endif
+
+// Turns dot products into values (||m_j||^2 - 2 x.m_j, in place) and returns their minimum.
+// products, norms: [count]
+template <typename scalar_t>
+inline scalar_t fold_values_impl(scalar_t* __restrict products,
+                                 const scalar_t* __restrict norms,
+                                 int64_t count) {
+  scalar_t smallest = std::numeric_limits<scalar_t>::infinity();
+#pragma omp simd reduction(min : smallest)
+  for (int64_t j = 0; j < count; ++j) {
+    const scalar_t value = norms[j] - 2 * products[j];
+    products[j] = value;
+    smallest = std::min(smallest, value);
+  }
+  return smallest;
+}
+
+SPC_VECTOR_CLONES float fold_values(float* products, const float* norms, int64_t count) {
+  return fold_values_impl(products, norms, count);
+}
+
+SPC_VECTOR_CLONES double fold_values(double* products, const double* norms, int64_t count) {
+  return fold_values_impl(products, norms, count);
+}
+
+// How many of values[0, count) are at or below `cutoff`. products: [count]
+template <typename scalar_t>
+inline int64_t count_at_most_impl(const scalar_t* __restrict values,
+                                  int64_t count,
+                                  scalar_t cutoff) {
+  int64_t hits = 0;
+#pragma omp simd reduction(+ : hits)
+  for (int64_t j = 0; j < count; ++j) {
+    hits += values[j] <= cutoff ? 1 : 0;
+  }
+  return hits;
+}
+
+SPC_VECTOR_CLONES int64_t count_at_most(const float* values, int64_t count, float cutoff) {
+  return count_at_most_impl(values, count, cutoff);
+}
+
+SPC_VECTOR_CLONES int64_t count_at_most(const double* values, int64_t count, double cutoff) {
+  return count_at_most_impl(values, count, cutoff);
+}
+
+// The smallest scalar_t at or above `bound`: comparing values against it keeps every value at
+// or below the bound (and perhaps one more, which the exact distances then sort out).
+template <typename scalar_t>
+scalar_t round_up(double bound) {
+  const auto rounded = static_cast<scalar_t>(bound);
+  return static_cast<double>(rounded) >= bound
+             ? rounded
+             : std::nextafter(rounded, std::numeric_limits<scalar_t>::infinity());
+}
+
+// Folds one block of a query's products with bank rows [first, first + count) into its search.
+// products: [count] dot products of the centred query with the centred bank rows, overwritten
+// with the values; norms: [count] squared norms of those bank rows.
+template <typename scalar_t>
+void scan_block(scalar_t* products,
+                const scalar_t* norms,
+                int64_t first,
+                int64_t count,
+                int64_t keep,
+                double slack,
+                RowSearch<scalar_t>& search) {
+  const scalar_t block_min = fold_values(products, norms, count);
+  if (keep == 1) {
+    search.kth = std::min(search.kth, block_min);
+  }
+
+  // The keep-th smallest only falls, so a value above the cutoff now can never be needed. With
+  // keep > 1 the cutoff still uses the keep-th smallest before this block, which keeps a
+  // superset: everything that enters the heap below is collected first.
+  scalar_t cutoff = round_up<scalar_t>(static_cast<double>(search.kth) + slack);
+  if (block_min > cutoff) {
+    return;
+  }
+  auto& candidates = search.candidates;
+  const size_t known = candidates.size();
+  constexpr int64_t kSpan = 64;
+  for (int64_t begin = 0; begin < count; begin += kSpan) {
+    const int64_t end = std::min(count, begin + kSpan);
+    if (count_at_most(products + begin, end - begin, cutoff) == 0) {
+      continue;
+    }
+    for (int64_t j = begin; j < end; ++j) {
+      if (products[j] <= cutoff) {
+        candidates.emplace_back(products[j], first + j);
+      }
+    }
+  }
+
+  if (keep > 1) {
+    auto& heap = search.heap;
+    for (size_t c = known; c < candidates.size(); ++c) {
+      const scalar_t value = candidates[c].first;
+      if (static_cast<int64_t>(heap.size()) < keep) {
+        heap.push_back(value);
+        std::push_heap(heap.begin(), heap.end());
+      } else if (value < heap.front()) {
+        std::pop_heap(heap.begin(), heap.end());
+        heap.back() = value;
+        std::push_heap(heap.begin(), heap.end());
+      }
+    }
+    if (static_cast<int64_t>(heap.size()) == keep) {
+      search.kth = heap.front();
+    }
+    cutoff = round_up<scalar_t>(static_cast<double>(search.kth) + slack);
+  }
+  if (static_cast<int64_t>(candidates.size()) > 4 * keep + 64) {
+    candidates.erase(
+        std::remove_if(candidates.begin(),
+                       candidates.end(),
+                       [&](const std::pair<scalar_t, int64_t>& c) { return c.first > cutoff; }),
+        candidates.end());
+  }
+}
+
+// See Note [Exact decisions from fast distances] and Note [Blocked CPU search].
 template <typename scalar_t>
 void search_matmul(const at::Tensor& queries,
                    const at::Tensor& bank,
                    int64_t k,
-                   int64_t chunk_rows,
+                   int64_t block_rows,
                    at::Tensor& distances,
                    at::Tensor& indices) {
   const int64_t num_queries = queries.size(0);
   const int64_t num_bank = bank.size(0);
   const int64_t dim = queries.size(1);
   const int64_t keep = std::min(k, num_bank);
+  const int64_t block_columns = std::min(num_bank, kBlockColumns);
   const double unit_roundoff = matmul_unit_roundoff(queries.scalar_type(), false);
 
   // bank_centred: [n, d]; bank_norms: [n]
@@ -103,52 +292,63 @@ void search_matmul(const at::Tensor& queries,
 
   const scalar_t* q = queries.data_ptr<scalar_t>();
   const scalar_t* b = bank.data_ptr<scalar_t>();
+  const scalar_t* norms = bank_norms.data_ptr<scalar_t>();
   scalar_t* out_distances = distances.data_ptr<scalar_t>();
   int64_t* out_indices = indices.data_ptr<int64_t>();
+  const int64_t num_blocks = (num_queries + block_rows - 1) / block_rows;
 
-  for (int64_t start = 0; start < num_queries; start += chunk_rows) {
-    const int64_t rows = std::min(chunk_rows, num_queries - start);
+  // Threads claim query blocks one at a time (Note [Blocked CPU search]).
+  std::atomic<int64_t> next_block{0};
+  const int64_t tasks = std::min<int64_t>(num_blocks, at::get_num_threads());
+  at::parallel_for(0, tasks, 1, [&](int64_t, int64_t) {
+    const SingleThreadedBlas single_threaded_blas;
+    // products: [block_rows * block_columns], reused for every block of this task
+    at::Tensor products = at::empty({block_rows * block_columns}, queries.options());
+    std::vector<RowSearch<scalar_t>> searches(block_rows);
+    std::vector<std::pair<double, int64_t>> nearest;
 
-    // fast: [rows, n] approximate squared distances
-    const at::Tensor query_centred = queries.narrow(0, start, rows) - centre;
-    const at::Tensor query_norms = query_centred.square().sum(1);
-    const at::Tensor fast =
-        at::addmm(bank_norms.unsqueeze(0), query_centred, bank_centred.t(), 1, -2)
-            .add_(query_norms.unsqueeze(1));
-    const scalar_t* fast_data = fast.data_ptr<scalar_t>();
-    const scalar_t* norms = query_norms.data_ptr<scalar_t>();
+    for (int64_t block = next_block++; block < num_blocks; block = next_block++) {
+      const int64_t start = block * block_rows;
+      const int64_t rows = std::min(block_rows, num_queries - start);
 
-    at::parallel_for(0, rows, 1, [&](int64_t begin, int64_t end) {
-      std::vector<scalar_t> scratch;
-      std::vector<std::pair<double, int64_t>> candidates;
-      for (int64_t r = begin; r < end; ++r) {
-        const scalar_t* row = fast_data + r * num_bank;
-        const int64_t i = start + r;
+      // query_centred: [rows, d]; query_norms: [rows]
+      const at::Tensor query_centred = queries.narrow(0, start, rows) - centre;
+      const at::Tensor query_norms = query_centred.square().sum(1);
+      const scalar_t* query_norm = query_norms.data_ptr<scalar_t>();
+      std::vector<double> slack(rows);
+      for (int64_t r = 0; r < rows; ++r) {
+        searches[r].reset();
+        slack[r] = 2.0 * matmul_error_bound(unit_roundoff,
+                                            dim,
+                                            static_cast<double>(query_norm[r]),
+                                            max_bank_norm);
+      }
 
-        // The keep-th smallest fast distance bounds the exact keep-th smallest from above.
-        double kth;
-        if (keep == 1) {
-          kth = static_cast<double>(*std::min_element(row, row + num_bank));
-        } else {
-          scratch.assign(row, row + num_bank);
-          std::nth_element(scratch.begin(), scratch.begin() + (keep - 1), scratch.end());
-          kth = static_cast<double>(scratch[keep - 1]);
+      for (int64_t first = 0; first < num_bank; first += block_columns) {
+        const int64_t count = std::min(block_columns, num_bank - first);
+        // block: [rows, count] dot products of centred queries and bank rows
+        at::Tensor block_products = products.narrow(0, 0, rows * count).view({rows, count});
+        at::mm_out(block_products, query_centred, bank_centred.narrow(0, first, count).t());
+        scalar_t* data = block_products.data_ptr<scalar_t>();
+        for (int64_t r = 0; r < rows; ++r) {
+          scan_block(data + r * count, norms + first, first, count, keep, slack[r], searches[r]);
         }
-        const double bound =
-            matmul_error_bound(unit_roundoff, dim, static_cast<double>(norms[r]), max_bank_norm);
-        const double cutoff = kth + 2.0 * bound;
+      }
 
-        candidates.clear();
-        for (int64_t j = 0; j < num_bank; ++j) {
-          if (static_cast<double>(row[j]) <= cutoff) {
-            candidates.emplace_back(squared_distance(q + i * dim, b + j * dim, dim), j);
+      for (int64_t r = 0; r < rows; ++r) {
+        const int64_t i = start + r;
+        const double cutoff = static_cast<double>(searches[r].kth) + slack[r];
+        nearest.clear();
+        for (const auto& [value, j] : searches[r].candidates) {
+          if (static_cast<double>(value) <= cutoff) {
+            nearest.emplace_back(squared_distance(q + i * dim, b + j * dim, dim), j);
           }
         }
-        keep_smallest(candidates, keep);
-        write_row(candidates, out_distances + i * k, out_indices + i * k);
+        keep_smallest(nearest, keep);
+        write_row(nearest, out_distances + i * k, out_indices + i * k);
       }
-    });
-  }
+    }
+  });
 }
 
 }  // namespace
@@ -176,11 +376,6 @@ double matmul_unit_roundoff(at::ScalarType dtype, bool cuda) {
     return std::ldexp(1.0, -11);  // TF32 inputs
   }
   return std::ldexp(1.0, -24);
-}
-
-int64_t rows_per_chunk(int64_t columns, int64_t element_bytes, int64_t budget_bytes) {
-  const int64_t row_bytes = std::max<int64_t>(1, columns) * element_bytes;
-  return std::max<int64_t>(1, budget_bytes / row_bytes);
 }
 
 void check_features(const at::Tensor& features, const char* name) {
@@ -299,9 +494,10 @@ std::tuple<at::Tensor, at::Tensor> nearest_neighbors_cpu(const at::Tensor& queri
     if (exact) {
       search_exact<scalar_t>(q, b, k, distances, indices);
     } else {
-      const int64_t rows = chunk_rows > 0
-                               ? chunk_rows
-                               : rows_per_chunk(num_bank, sizeof(scalar_t), kDefaultChunkBudgetBytes);
+      // Small query sets still spread over every thread.
+      const int64_t per_thread = (num_queries + at::get_num_threads() - 1) / at::get_num_threads();
+      const int64_t rows =
+          chunk_rows > 0 ? chunk_rows : std::clamp<int64_t>(per_thread, 1, kBlockRows);
       search_matmul<scalar_t>(q, b, k, rows, distances, indices);
     }
   });

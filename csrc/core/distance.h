@@ -11,6 +11,9 @@
 // recomputed exactly. Inputs are centred on a reference point first, which keeps the bound tight
 // when all features share a large offset. The result equals a brute-force search on exact
 // distances, ties included, while the cost stays that of the matrix product.
+// One exception: nearest_neighbors on CUDA tensors in the fast mode returns the float32
+// distances of its fused kernel unrefined (scores only need the distance, within this bound);
+// decisions of the sequential builder stay exact on every device.
 #pragma once
 
 #include <ATen/ATen.h>
@@ -65,9 +68,6 @@ inline double matmul_error_bound(double unit_roundoff, int64_t dim, double norm_
   return (2.0 * static_cast<double>(dim) + 16.0) * unit_roundoff * (norm_a + norm_b);
 }
 
-// Rows per chunk so that a [rows, columns] matrix of `element_bytes` fits in `budget_bytes`.
-int64_t rows_per_chunk(int64_t columns, int64_t element_bytes, int64_t budget_bytes);
-
 // Deterministic random projection to `out_dim` dimensions: x @ P with P[d, j] ~ N(0, 1/out_dim)
 // drawn from `seed`. The product is accumulated in double row by row in a fixed order, so a
 // feature projects to the same bits whatever chunk it arrives in.
@@ -79,8 +79,12 @@ at::Tensor project(const at::Tensor& features, const at::Tensor& projection);
 // queries: [q, d], bank: [n, d], same floating dtype (float32 or float64).
 // Returns distances [q, k] (same dtype, ascending) and indices [q, k] int64. Equal distances are
 // ordered by bank index. When k > n the missing columns hold +inf and -1, as in FAISS.
-// chunk_rows bounds memory to chunk_rows * n distances; 0 picks it from a 64 MiB budget.
-// Dispatches on device through the `seqpatchcore::nearest_neighbors` operator.
+// chunk_rows: queries per block; 0 chooses. The CPU holds threads * chunk_rows * 512 products
+// at most (Note [Blocked CPU search] in distance.cpp); CUDA holds chunk_rows * k candidates per
+// bank split.
+// Dispatches on device through the `seqpatchcore::nearest_neighbors` operator: CUDA tensors go
+// to csrc/cuda (k <= 32), whose fast mode skips the exact refinement (Note [CUDA
+// nearest-neighbour kernels] in csrc/cuda/knn_kernels.cu) and whose exact mode matches the CPU.
 std::tuple<at::Tensor, at::Tensor> nearest_neighbors(const at::Tensor& queries,
                                                      const at::Tensor& bank,
                                                      int64_t k,

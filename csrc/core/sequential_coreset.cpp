@@ -9,6 +9,14 @@
 #include <cstring>
 #include <limits>
 
+// Note [Sequential coreset on a GPU]
+// With features on a CUDA device, the chunk's [B, K] fast distance matrix, one matrix product,
+// is computed there against a device copy of the centred keys, and copied to the CPU, where
+// the walk takes every decision exactly as it does for CPU features (Note [Exact decisions
+// from fast distances]): the members are the same on both devices. The error bound uses the
+// CUDA unit roundoff (TF32 when torch allows it). The device copy is refreshed before each
+// chunk from the slots written since, so it costs K * D' + K values on the device and
+// B * (D' + K) values of transfer per chunk. The exact mode computes on the CPU either way.
 namespace spc {
 namespace {
 
@@ -148,7 +156,7 @@ at::Tensor SequentialCoreset::keys(const at::Tensor& features) const {
               dim_,
               " (the coreset's), got ",
               features.size(1));
-  const at::Tensor converted = features.to(dtype_).contiguous();
+  const at::Tensor converted = features.to(at::kCPU, dtype_).contiguous();
   return projection_.defined() ? project(converted, projection_) : converted;
 }
 
@@ -159,15 +167,18 @@ void SequentialCoreset::update(const at::Tensor& features) {
               dim_,
               " (the coreset's), got ",
               features.size(1));
-  TORCH_CHECK(features.device().is_cpu(),
-              "the sequential coreset runs on the CPU; got features on ",
+  TORCH_CHECK(features.device().is_cpu() || features.device().is_cuda(),
+              "features should be on the CPU or a CUDA device, got ",
               features.device());
-  unit_roundoff_ = matmul_unit_roundoff(dtype_, false);
+  const at::Device device = features.device();
+  // CPU products round no worse than CUDA ones, so the CUDA bound covers both.
+  unit_roundoff_ = matmul_unit_roundoff(dtype_, device.is_cuda());
 
   const int64_t rows = features.size(0);
   for (int64_t start = 0; start < rows; start += chunk_size_) {
-    const at::Tensor chunk =
-        features.narrow(0, start, std::min(chunk_size_, rows - start)).to(dtype_).contiguous();
+    const at::Tensor chunk = features.narrow(0, start, std::min(chunk_size_, rows - start))
+                                 .to(at::kCPU, dtype_)
+                                 .contiguous();
     TORCH_CHECK(at::isfinite(chunk).all().item<bool>(),
                 "features should be finite, got NaN or infinity in rows [",
                 start,
@@ -175,13 +186,54 @@ void SequentialCoreset::update(const at::Tensor& features) {
                 start + chunk.size(0),
                 ")");
     AT_DISPATCH_FLOATING_TYPES(dtype_, "sequential_coreset_update", [&] {
-      update_chunk<scalar_t>(chunk);
+      update_chunk<scalar_t>(chunk, device);
     });
   }
 }
 
+void SequentialCoreset::sync_device_keys(const at::Device& device) {
+  const bool current = device_keys_centred_.defined() &&
+                       device_keys_centred_.device() == device &&
+                       device_keys_centred_.size(0) == keys_centred_.size(0);
+  if (!current) {
+    device_keys_centred_ = keys_centred_.to(device);
+    device_key_norms_ = key_norms_.to(device);
+  } else if (!stale_device_slots_.empty()) {
+    std::sort(stale_device_slots_.begin(), stale_device_slots_.end());
+    stale_device_slots_.erase(std::unique(stale_device_slots_.begin(), stale_device_slots_.end()),
+                              stale_device_slots_.end());
+    const at::Tensor slots = at::tensor(stale_device_slots_, at::kLong);
+    const at::Tensor device_slots = slots.to(device);
+    // Out of place: a copied builder may share these tensors.
+    device_keys_centred_ = device_keys_centred_.index_copy(
+        0, device_slots, keys_centred_.index_select(0, slots).to(device));
+    device_key_norms_ =
+        device_key_norms_.index_copy(0, device_slots, key_norms_.index_select(0, slots).to(device));
+  }
+  stale_device_slots_.clear();
+}
+
+// The chunk's fast squared distances to every slot, [b, K] on the CPU, computed on `device`.
+// centred: [b, D'] keys less the centre; norms: [b] their squared norms (both on the CPU).
+at::Tensor SequentialCoreset::fast_distances(const at::Tensor& centred,
+                                             const at::Tensor& norms,
+                                             const at::Device& device) {
+  if (device.is_cpu()) {
+    return at::addmm(key_norms_.unsqueeze(0), centred, keys_centred_.t(), 1, -2)
+        .add_(norms.unsqueeze(1));
+  }
+  sync_device_keys(device);
+  return at::addmm(device_key_norms_.unsqueeze(0),
+                   centred.to(device),
+                   device_keys_centred_.t(),
+                   1,
+                   -2)
+      .add_(norms.to(device).unsqueeze(1))
+      .to(at::kCPU);
+}
+
 template <typename scalar_t>
-void SequentialCoreset::update_chunk(const at::Tensor& features) {
+void SequentialCoreset::update_chunk(const at::Tensor& features, const at::Device& device) {
   // features: [b, D]; keys: [b, D']
   const at::Tensor keys = projection_.defined() ? project(features, projection_) : features;
   if (!centre_.defined()) {
@@ -208,8 +260,7 @@ void SequentialCoreset::update_chunk(const at::Tensor& features) {
   } else {
     const at::Tensor centred = keys - centre_;
     const at::Tensor norms = centred.square().sum(1);
-    at::Tensor distances = at::addmm(key_norms_.unsqueeze(0), centred, keys_centred_.t(), 1, -2)
-                               .add_(norms.unsqueeze(1));
+    at::Tensor distances = fast_distances(centred, norms, device);
     walk<scalar_t, scalar_t>(features, keys, distances);
   }
 }
@@ -332,6 +383,10 @@ void SequentialCoreset::write_slot(int64_t slot, const scalar_t* feature, const 
 
   // A bound that only grows stays valid when the largest member leaves.
   max_key_norm_ = std::max(max_key_norm_, norm);
+
+  if (device_keys_centred_.defined()) {
+    stale_device_slots_.push_back(slot);
+  }
 }
 
 // Offers the member just written to `slot` as nearest neighbour to every other member, given
@@ -532,7 +587,7 @@ SequentialCoreset SequentialCoreset::from_members(const at::Tensor& members,
               " rows, got ",
               members.size(0));
   SequentialCoreset coreset(members.size(1), members.scalar_type(), options);
-  const at::Tensor features = members.contiguous();
+  const at::Tensor features = members.to(at::kCPU).contiguous();
   const at::Tensor keys = coreset.keys(features);
   if (features.size(0) == 0) {
     return coreset;
@@ -607,7 +662,7 @@ SequentialCoreset SequentialCoreset::from_state(const std::map<std::string, at::
                 numel,
                 " values, got ",
                 it->second.numel());
-    return it->second.contiguous();
+    return it->second.to(at::kCPU).contiguous();
   };
   const int64_t version = get("version", 1).item<int64_t>();
   TORCH_CHECK(version == kStateVersion,
@@ -702,7 +757,7 @@ SequentialCoreset meld_coresets(const SequentialCoreset& base,
   }
 
   // Most novel first: by distance to the base's members, ties by row (a stable sort).
-  const at::Tensor incoming = other.to(base.dtype()).contiguous();
+  const at::Tensor incoming = other.to(at::kCPU, base.dtype()).contiguous();
   at::Tensor order = at::arange(incoming.size(0), at::kLong);
   if (base.size() > 0) {
     const auto [distances, indices] = nearest_neighbors(

@@ -60,7 +60,8 @@ class SequentialCoreset {
   static SequentialCoreset from_members(const at::Tensor& members,
                                         const SequentialCoresetOptions& options);
 
-  // Streams features through the rule in row order. features: [b, D], any b >= 0, any strides.
+  // Streams features through the rule in row order. features: [b, D], any b >= 0, any strides,
+  // on the CPU or a CUDA device (see Note [Sequential coreset on a GPU]).
   void update(const at::Tensor& features);
 
   // Changes K. Growing keeps every member; shrinking evicts by the rule's eviction choice until
@@ -108,7 +109,11 @@ class SequentialCoreset {
   void set_centre(const at::Tensor& keys);
   double error_bound(double norm) const;
   template <typename scalar_t>
-  void update_chunk(const at::Tensor& features);
+  void update_chunk(const at::Tensor& features, const at::Device& device);
+  at::Tensor fast_distances(const at::Tensor& centred,
+                            const at::Tensor& norms,
+                            const at::Device& device);
+  void sync_device_keys(const at::Device& device);
   template <typename scalar_t, typename dist_t>
   void walk(const at::Tensor& features, const at::Tensor& keys, at::Tensor& distances);
   template <typename scalar_t>
@@ -138,7 +143,12 @@ class SequentialCoreset {
   at::Tensor members_;        // [K, D]
   at::Tensor keys_;           // [K, D'], aliases members_ without projection
   at::Tensor keys_centred_;   // [K, D'], keys_ - centre_
-  at::Tensor key_norms_;      // [K], squared norms of keys_centred_ (float64)
+  at::Tensor key_norms_;      // [K], squared norms of keys_centred_
+  // Copies of keys_centred_ and key_norms_ on the device of the last features, and the slots
+  // written since they were last brought up to date; undefined while features come on the CPU.
+  at::Tensor device_keys_centred_;
+  at::Tensor device_key_norms_;
+  std::vector<int64_t> stale_device_slots_;
   std::vector<double> nn_distance2_;
   std::vector<int64_t> nn_slot_;
   int64_t size_ = 0;

@@ -294,7 +294,7 @@ class SequentialPatchCore:
         """
         self._check_fitted()
         extractor = self._extractor()
-        bank = self.coreset_
+        bank = self.coreset_.to(self._search_device())
         batch: list[tuple[torch.Tensor, tuple[int, int]]] = []
         for item in images:
             image = _as_array(item)
@@ -425,7 +425,29 @@ class SequentialPatchCore:
         if self.device == "cuda" and not torch.cuda.is_available():
             raise ValueError("device: 'cuda' was asked for but torch sees no CUDA device "
                              f"(torch {torch.__version__}); use 'cpu' or 'auto'")
+        if self.device == "cuda" and not _C.cuda_compiled():
+            raise ValueError(
+                "device: 'cuda' was asked for, but seqpatchcore was built without CUDA; "
+                "rebuild it with a CUDA build of torch and nvcc on PATH "
+                "(SEQPATCHCORE_CUDA=ON pip install --no-build-isolation .), or use 'auto' to run "
+                "only the backbone on the GPU"
+            )
         return torch.device(self.device)
+
+    def _search_device(self) -> torch.device:
+        """Where scoring searches the coreset: the model's CUDA device when the extension has
+        kernels for it (and k fits them), else the CPU."""
+        device = self._torch_device()
+        if device.type != "cuda":
+            return torch.device("cpu")
+        if not _C.cuda_compiled():
+            logger.info("seqpatchcore was built without CUDA: the coreset search runs on the CPU")
+            return torch.device("cpu")
+        if self.k > _C.cuda_max_k:
+            logger.info("k=%d is above the CUDA kernels' %d: the coreset search runs on the CPU",
+                        self.k, _C.cuda_max_k)
+            return torch.device("cpu")
+        return device
 
     def _extractor(self) -> PatchFeatureExtractor:
         cached = getattr(self, "_cached_extractor", None)
@@ -527,8 +549,11 @@ class SequentialPatchCore:
                 total = None
                 stream = _skip(source, start_position) if start_position else source
             position = start_position
+            # The builder takes features where the backbone made them: on a GPU its matrix
+            # products run there (Note [Sequential coreset on a GPU]).
             for features in self._stream_features(stream, extractor,
-                                                  f"coreset pass {pass_index + 1}", total):
+                                                  f"coreset pass {pass_index + 1}", total,
+                                                  keep_device=True):
                 self.builder_.update(features)
                 self.n_images_seen_ += 1
                 position += 1
@@ -620,8 +645,10 @@ class SequentialPatchCore:
         self.coreset_ = features[indices].contiguous()
 
     def _stream_features(self, images: Iterable[ImageLike], extractor: PatchFeatureExtractor,
-                         description: str, total: int | None = None) -> Iterator[torch.Tensor]:
-        """Patch features [h * w, D] (float32, CPU) per image, batching the backbone calls."""
+                         description: str, total: int | None = None,
+                         keep_device: bool = False) -> Iterator[torch.Tensor]:
+        """Patch features [h * w, D] (float32) per image, batching the backbone calls; on the
+        CPU, or with keep_device on the backbone's device."""
         if total is None and isinstance(images, Sequence):
             total = len(images)
         count = 0
@@ -634,13 +661,15 @@ class SequentialPatchCore:
                     for features in extractor.extract_each(batch):
                         count += 1
                         bar.update(1)
-                        yield features.reshape(-1, extractor.dim).float().cpu()
+                        flat = features.reshape(-1, extractor.dim).float()
+                        yield flat if keep_device else flat.cpu()
                     batch = []
             if batch:
                 for features in extractor.extract_each(batch):
                     count += 1
                     bar.update(1)
-                    yield features.reshape(-1, extractor.dim).float().cpu()
+                    flat = features.reshape(-1, extractor.dim).float()
+                    yield flat if keep_device else flat.cpu()
         if count == 0:
             raise ValueError(f"images: no images to stream for {description}")
 
@@ -650,9 +679,10 @@ class SequentialPatchCore:
         features = extractor.extract_each([image for image, _ in batch])
         for feature, (_, (height, width)) in zip(features, batch, strict=True):
             grid_h, grid_w, dim = feature.shape
-            queries = feature.reshape(-1, dim).float().cpu()
+            # queries: [h * w, D] on the bank's device; patch_scores: [1, h, w] on the CPU
+            queries = feature.reshape(-1, dim).float().to(bank.device)
             distances, indices = _C.nearest_neighbors(queries, bank, self.k)
-            patch_scores = distances[:, 0].reshape(1, grid_h, grid_w)
+            patch_scores = distances[:, 0].reshape(1, grid_h, grid_w).cpu()
 
             # With a fixed input size the grid spans the whole (resized) image; at native size
             # it spans the image padded to whole patches, so upsample to that and crop.

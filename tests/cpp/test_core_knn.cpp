@@ -178,6 +178,111 @@ TEST(NearestNeighbors, RejectsBadInput) {
   }
 }
 
+// The same definition as brute_force, through raw pointers, for inputs large enough to span
+// several blocks of the CPU search (Note [Blocked CPU search]).
+BruteForce brute_force_large(const at::Tensor& queries, const at::Tensor& bank, int64_t k) {
+  const at::Tensor q = queries.to(at::kDouble).contiguous();
+  const at::Tensor b = bank.to(at::kDouble).contiguous();
+  const double* qs = q.data_ptr<double>();
+  const double* bs = b.data_ptr<double>();
+  const int64_t dim = q.size(1);
+  BruteForce result;
+  std::vector<std::pair<long double, int64_t>> all(b.size(0));
+  for (int64_t i = 0; i < q.size(0); ++i) {
+    for (int64_t j = 0; j < b.size(0); ++j) {
+      long double s = 0.0L;
+      for (int64_t c = 0; c < dim; ++c) {
+        const long double t = static_cast<long double>(qs[i * dim + c]) - bs[j * dim + c];
+        s += t * t;
+      }
+      all[j] = {s, j};
+    }
+    const int64_t kept = std::min<int64_t>(k, b.size(0));
+    std::partial_sort(all.begin(), all.begin() + kept, all.end());
+    std::vector<double> d(k, std::numeric_limits<double>::infinity());
+    std::vector<int64_t> idx(k, -1);
+    for (int64_t c = 0; c < kept; ++c) {
+      d[c] = std::sqrt(static_cast<double>(all[c].first));
+      idx[c] = all[c].second;
+    }
+    result.distances.push_back(d);
+    result.indices.push_back(idx);
+  }
+  return result;
+}
+
+void expect_matches_large(const at::Tensor& queries,
+                          const at::Tensor& bank,
+                          int64_t k,
+                          int64_t chunk_rows) {
+  const BruteForce expected = brute_force_large(queries, bank, k);
+  const auto [distances, indices] =
+      nearest_neighbors(queries, bank, k, DistanceMode::kMatmul, chunk_rows);
+  const at::Tensor d = distances.to(at::kDouble).contiguous();
+  const at::Tensor idx = indices.contiguous();
+  int64_t wrong = 0;
+  for (int64_t i = 0; i < queries.size(0); ++i) {
+    for (int64_t c = 0; c < k; ++c) {
+      const double want = expected.distances[i][c];
+      const double got = d.data_ptr<double>()[i * k + c];
+      const bool same_index = idx.data_ptr<int64_t>()[i * k + c] == expected.indices[i][c];
+      const bool same_distance = std::isinf(want) ? std::isinf(got)
+                                                  : std::abs(got - want) <= 1e-6 * (1.0 + want);
+      wrong += (same_index && same_distance) ? 0 : 1;
+    }
+  }
+  EXPECT_EQ(wrong, 0) << "of " << queries.size(0) * k << " entries, k = " << k
+                      << ", chunk_rows = " << chunk_rows;
+}
+
+TEST(NearestNeighbors, SpansSeveralBlocksOfQueriesAndBank) {
+  // 1300 bank rows are three column blocks of the CPU search; 2100 queries with chunk_rows
+  // 0 and 333 make several query blocks, the last one partial.
+  at::manual_seed(8);
+  const at::Tensor bank = at::randn({1300, 7});
+  const at::Tensor queries = at::randn({2100, 7});
+  for (const int64_t k : {1, 3, 17}) {
+    for (const int64_t chunk : {int64_t{0}, int64_t{333}}) {
+      expect_matches_large(queries, bank, k, chunk);
+    }
+  }
+}
+
+TEST(NearestNeighbors, TiesAcrossBankBlocksGoToTheLowerIndex) {
+  // Bank rows 5 and 1205 are the same point, in different column blocks, and every query is
+  // nearest to it; the blocks are scanned in order, but the tie must not depend on that.
+  at::manual_seed(9);
+  at::Tensor bank = at::randn({1300, 4}) * 10.0 + 50.0;
+  const at::Tensor point = at::zeros({4});
+  bank[5] = point;
+  bank[1205] = point;
+  bank[700] = point + 0.5;
+  const at::Tensor queries = at::randn({40, 4}) * 0.01;
+  expect_matches_large(queries, bank, 1, 0);
+  expect_matches_large(queries, bank, 3, 0);
+  const auto [distances, indices] = nearest_neighbors(queries, bank, 2);
+  EXPECT_TRUE(indices.select(1, 0).eq(5).all().item<bool>());
+  EXPECT_TRUE(indices.select(1, 1).eq(1205).all().item<bool>());
+}
+
+TEST(NearestNeighbors, NearTiesBelowFloat32ResolutionAcrossBlocks) {
+  // 100 points spread at scale 100, each repeated 11 times with 1e-3 jitter, in every column
+  // block. Squared norms near 1e5 round by about 1e-2 in float32 while the jittered copies
+  // differ by about 1e-5: the products cannot rank the copies, only the exact refinement can.
+  at::manual_seed(10);
+  const at::Tensor base = at::randn({100, 4}) * 100.0;
+  const at::Tensor bank = base.repeat({11, 1}) + at::randn({1100, 4}) * 1e-3;
+  const at::Tensor queries = base.repeat({3, 1}) + at::randn({300, 4}) * 1e-3;
+  for (const int64_t k : {1, 4, 13}) {
+    expect_matches_large(queries, bank, k, 0);
+  }
+}
+
+TEST(NearestNeighbors, Float64SpansSeveralBlocks) {
+  at::manual_seed(11);
+  expect_matches_large(at::randn({700, 9}, at::kDouble), at::randn({1500, 9}, at::kDouble), 2, 0);
+}
+
 TEST(RandomProjection, IsDeterministicAndChunkIndependent) {
   at::manual_seed(7);
   const at::Tensor x = at::randn({50, 20});
