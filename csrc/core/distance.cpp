@@ -13,7 +13,7 @@
 #include <utility>
 #include <vector>
 
-#include "core/rng.h"
+#include "common/rng.h"
 
 namespace spc {
 namespace {

@@ -9,7 +9,7 @@
 
 #include "common/log.h"
 #include "core/distance.h"
-#include "core/rng.h"
+#include "common/rng.h"
 
 namespace spc {
 namespace {

@@ -1,24 +1,15 @@
-// Deterministic random numbers for the renderer.
-//
-// Note [portable randomness]: the std::*_distribution classes are implemented differently by
-// each standard library, so the same seed would give different images with libstdc++ and
-// libc++. Every draw here is our own integer arithmetic (SplitMix64 for hashing and seeding,
-// xoshiro256** for streams); only the floating-point functions used afterwards (exp, sin,
-// atan2) may differ by an ulp between C libraries. Same seed, same build: same bytes.
+// The renderer's random streams; the generator itself is spc::Rng (common/rng.h, see
+// Note [portable randomness] there).
 #pragma once
 
-#include <cmath>
 #include <cstdint>
+
+#include "common/rng.h"
 
 namespace spc::render {
 
-// SplitMix64's output function: a bijective, well-mixing map of 64-bit integers.
-inline uint64_t mix64(uint64_t x) {
-  x += 0x9E3779B97F4A7C15ull;
-  x = (x ^ (x >> 30)) * 0xBF58476D1CE4E5B9ull;
-  x = (x ^ (x >> 27)) * 0x94D049BB133111EBull;
-  return x ^ (x >> 31);
-}
+using spc::mix64;
+using spc::Rng;
 
 // Names of the independent random streams that one call draws from. A component seeded with
 // derive_seed(seed, Stream::kX, i) does not change when another component draws more numbers.
@@ -42,59 +33,5 @@ enum class Stream : uint64_t {
 inline uint64_t derive_seed(uint64_t seed, Stream stream, uint64_t index = 0) {
   return mix64(mix64(seed ^ mix64(static_cast<uint64_t>(stream))) + index);
 }
-
-// xoshiro256** seeded through SplitMix64, as its authors recommend.
-class Rng {
- public:
-  explicit Rng(uint64_t seed) {
-    uint64_t x = seed;
-    for (auto& word : state_) {
-      word = mix64(x);
-      x += 0x9E3779B97F4A7C15ull;
-    }
-  }
-
-  uint64_t next() {
-    const uint64_t result = rotl(state_[1] * 5, 7) * 9;
-    const uint64_t t = state_[1] << 17;
-    state_[2] ^= state_[0];
-    state_[3] ^= state_[1];
-    state_[1] ^= state_[2];
-    state_[0] ^= state_[3];
-    state_[2] ^= t;
-    state_[3] = rotl(state_[3], 45);
-    return result;
-  }
-
-  // Uniform in [0, 1) with 53 random bits.
-  double uniform() { return static_cast<double>(next() >> 11) * 0x1.0p-53; }
-
-  double uniform(double lo, double hi) { return lo + (hi - lo) * uniform(); }
-
-  // Uniform integer in [0, n), unbiased (rejection of the short last block); n > 0.
-  uint64_t below(uint64_t n) {
-    const uint64_t limit = UINT64_MAX - UINT64_MAX % n;
-    uint64_t x = next();
-    while (x >= limit) {
-      x = next();
-    }
-    return x % n;
-  }
-
-  // Standard normal by Box-Muller; the second value is dropped so that one call consumes a
-  // fixed number of words whatever happened before.
-  double normal() {
-    const double u1 = 1.0 - uniform();  // (0, 1]: log stays finite
-    const double u2 = uniform();
-    return std::sqrt(-2.0 * std::log(u1)) * std::cos(2.0 * M_PI * u2);
-  }
-
-  bool bernoulli(double p) { return uniform() < p; }
-
- private:
-  static uint64_t rotl(uint64_t x, int k) { return (x << k) | (x >> (64 - k)); }
-
-  uint64_t state_[4];
-};
 
 }  // namespace spc::render
