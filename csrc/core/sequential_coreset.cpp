@@ -23,7 +23,104 @@ namespace {
 constexpr double kInf = std::numeric_limits<double>::infinity();
 constexpr int64_t kDefaultChunk = 4096;
 constexpr int64_t kMaxAutoChunk = 16384;
-constexpr int64_t kStateVersion = 1;
+constexpr int64_t kStateVersion = 2;
+
+// One clone of a hot loop for x86-64-v3 (AVX2, FMA) besides the baseline one, chosen when the
+// library loads: the wheel targets the baseline, but nearly every machine it runs on has more.
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && defined(__linux__)
+#define SPC_CLONE_FOR_AVX2 __attribute__((target_clones("arch=x86-64-v3", "default")))
+#define SPC_INLINE_INTO_CLONES __attribute__((always_inline)) inline
+#else
+#define SPC_CLONE_FOR_AVX2
+#define SPC_INLINE_INTO_CLONES inline
+#endif
+
+// out[r] = rows[r] . v for `count` rows of `dim`, on the calling thread. The builder's
+// matrix-vector products are small (one member against the coreset or the rest of a chunk);
+// handing them to a threaded BLAS costs more in waking its workers than the product itself.
+// Four rows at a time keep four independent chains of multiply-adds in flight, each in one
+// 32-byte vector of partial sums (a vector type, so that they stay in registers); partial sums
+// keep the rounding within the bound of any dot product of `dim`.
+template <typename scalar_t>
+SPC_INLINE_INTO_CLONES void dot_rows_impl(const scalar_t* rows,
+                                          int64_t count,
+                                          int64_t dim,
+                                          const scalar_t* v,
+                                          scalar_t* out) {
+  constexpr int kLanes = 32 / sizeof(scalar_t);
+  typedef scalar_t lanes_t __attribute__((vector_size(32)));
+  // Through references, not by value: a 32-byte vector in a baseline build has no stable ABI.
+  auto load = [](lanes_t& x, const scalar_t* p) { std::memcpy(&x, p, sizeof(x)); };
+  auto total = [](const lanes_t& x,
+                  const scalar_t* row,
+                  const scalar_t* v,
+                  int64_t begin,
+                  int64_t end) {
+    scalar_t sum = 0;
+    for (int lane = 0; lane < kLanes; ++lane) {
+      sum += x[lane];
+    }
+    for (int64_t c = begin; c < end; ++c) {
+      sum += row[c] * v[c];
+    }
+    return sum;
+  };
+
+  const int64_t full = dim - dim % kLanes;
+  int64_t r = 0;
+  for (; r + 4 <= count; r += 4) {
+    const scalar_t* row = rows + r * dim;
+    lanes_t a0 = {};
+    lanes_t a1 = {};
+    lanes_t a2 = {};
+    lanes_t a3 = {};
+    lanes_t w;
+    lanes_t x;
+    for (int64_t c = 0; c < full; c += kLanes) {
+      load(w, v + c);
+      load(x, row + c);
+      a0 += x * w;
+      load(x, row + dim + c);
+      a1 += x * w;
+      load(x, row + 2 * dim + c);
+      a2 += x * w;
+      load(x, row + 3 * dim + c);
+      a3 += x * w;
+    }
+    out[r] = total(a0, row, v, full, dim);
+    out[r + 1] = total(a1, row + dim, v, full, dim);
+    out[r + 2] = total(a2, row + 2 * dim, v, full, dim);
+    out[r + 3] = total(a3, row + 3 * dim, v, full, dim);
+  }
+  for (; r < count; ++r) {
+    const scalar_t* row = rows + r * dim;
+    lanes_t a = {};
+    lanes_t w;
+    lanes_t x;
+    for (int64_t c = 0; c < full; c += kLanes) {
+      load(w, v + c);
+      load(x, row + c);
+      a += x * w;
+    }
+    out[r] = total(a, row, v, full, dim);
+  }
+}
+
+SPC_CLONE_FOR_AVX2 void dot_rows(const float* rows,
+                                 int64_t count,
+                                 int64_t dim,
+                                 const float* v,
+                                 float* out) {
+  dot_rows_impl(rows, count, dim, v, out);
+}
+
+SPC_CLONE_FOR_AVX2 void dot_rows(const double* rows,
+                                 int64_t count,
+                                 int64_t dim,
+                                 const double* v,
+                                 double* out) {
+  dot_rows_impl(rows, count, dim, v, out);
+}
 
 int64_t element_bytes(at::ScalarType dtype) { return static_cast<int64_t>(c10::elementSize(dtype)); }
 
@@ -38,7 +135,7 @@ int64_t fixed_bytes(int64_t dim, at::ScalarType dtype, const SequentialCoresetOp
   const int64_t elt = element_bytes(dtype);
   int64_t bytes = k * dim * elt;                      // members
   bytes += k * key_dim * elt + k * elt;               // centred keys and their norms
-  bytes += k * (sizeof(double) + sizeof(int64_t));    // nearest-member bookkeeping
+  bytes += 2 * k * (sizeof(double) + sizeof(int64_t));  // two nearest members each
   if (options.projection_dim > 0) {
     bytes += k * key_dim * elt;                       // projected keys
     bytes += dim * key_dim * sizeof(double);          // projection matrix
@@ -114,6 +211,8 @@ SequentialCoreset::SequentialCoreset(int64_t dim,
   // Refuses before any allocation when the budget cannot be met.
   sequential_coreset_bytes(dim, dtype, options);
   chunk_size_ = resolve_chunk(dim, dtype, options);
+  // Searches between members (eviction, melding, shrinking) may run before any update.
+  unit_roundoff_ = matmul_unit_roundoff(dtype, false);
   if (options.projection_dim > 0) {
     projection_ = random_projection_matrix(dim, options.projection_dim, options.seed);
   }
@@ -135,6 +234,8 @@ void SequentialCoreset::allocate(int64_t capacity) {
   key_norms_ = grow(key_norms_, {capacity});
   nn_distance2_.resize(capacity, kInf);
   nn_slot_.resize(capacity, -1);
+  second_distance2_.resize(capacity, kInf);
+  second_slot_.resize(capacity, -1);
   options_.capacity = capacity;
 }
 
@@ -256,56 +357,105 @@ void SequentialCoreset::update_chunk(const at::Tensor& features, const at::Devic
         }
       }
     });
-    walk<scalar_t, double>(features, keys, distances);
+    walk<scalar_t, double>(features, keys, at::Tensor(), at::Tensor(), distances);
   } else {
     const at::Tensor centred = keys - centre_;
     const at::Tensor norms = centred.square().sum(1);
     at::Tensor distances = fast_distances(centred, norms, device);
-    walk<scalar_t, scalar_t>(features, keys, distances);
+    walk<scalar_t, scalar_t>(features, keys, centred, norms, distances);
   }
 }
 
 // The one-at-a-time rule over a chunk, with the chunk's distances computed up front. Row i of
 // `distances` is exact (or within the error bound) for every current member, because each slot
 // written during the chunk has its column recomputed for the rows after i.
+//
+// Note [Cheap rejections]
+// Once the coreset is full nearly every feature is rejected, so a rejection must cost O(1): the
+// smallest fast distance of every row is taken with one vectorised min over the chunk and kept
+// up to date as columns change (a row whose minimum sat in a column that changed is rescanned
+// when its turn comes). Column refreshes are one BLAS matrix-vector product in the fast mode.
 template <typename scalar_t, typename dist_t>
 void SequentialCoreset::walk(const at::Tensor& features,
                              const at::Tensor& keys,
+                             const at::Tensor& centred,
+                             const at::Tensor& norms,
                              at::Tensor& distances) {
   const int64_t rows = features.size(0);
   const int64_t cap = options_.capacity;
+  const bool exact_mode = options_.distance == DistanceMode::kExact;
   const scalar_t* x = features.data_ptr<scalar_t>();
   const scalar_t* k = keys.data_ptr<scalar_t>();
   const scalar_t* centre = centre_.data_ptr<scalar_t>();
   dist_t* d = distances.data_ptr<dist_t>();
 
-  // The member nearest to key among the slots whose fast distance is within twice the bound of
-  // the smallest; only those can be nearest exactly. Ties go to the lower slot.
-  auto exact_nearest = [&](const scalar_t* key, const dist_t* row, double bound, int64_t skip) {
-    double fast_min = kInf;
-    for (int64_t j = 0; j < size_; ++j) {
-      if (j != skip) {
-        fast_min = std::min(fast_min, static_cast<double>(row[j]));
-      }
+  // row_min[r]: the smallest fast distance of row r over the members, at row_arg[r]; valid
+  // unless dirty[r]. See Note [Cheap rejections].
+  std::vector<double> row_min(rows, kInf);
+  std::vector<int64_t> row_arg(rows, -1);
+  std::vector<uint8_t> dirty(rows, 1);
+  if (size_ == cap) {
+    const auto [values, indices] = at::min(distances, 1);
+    const dist_t* v = values.data_ptr<dist_t>();
+    const int64_t* a = indices.data_ptr<int64_t>();
+    for (int64_t r = 0; r < rows; ++r) {
+      row_min[r] = static_cast<double>(v[r]);
+      row_arg[r] = a[r];
+      dirty[r] = 0;
     }
-    Neighbour best{kInf, -1};
-    const scalar_t* m = keys_.data_ptr<scalar_t>();
-    for (int64_t j = 0; j < size_; ++j) {
-      if (j != skip && static_cast<double>(row[j]) <= fast_min + 2.0 * bound) {
-        const double exact = squared_distance(key, m + j * key_dim_, key_dim_);
-        if (exact < best.distance2) {
-          best = {exact, j};
+  }
+  auto smallest = [&](int64_t r) {
+    if (dirty[r]) {
+      const dist_t* row = d + r * cap;
+      row_min[r] = kInf;
+      row_arg[r] = -1;
+      for (int64_t j = 0; j < size_; ++j) {
+        if (static_cast<double>(row[j]) < row_min[r]) {
+          row_min[r] = static_cast<double>(row[j]);
+          row_arg[r] = j;
         }
       }
+      dirty[r] = 0;
     }
-    return best;
+    return row_min[r];
   };
 
-  // After slot is written, the rows after i need its exact column.
+  // After `slot` is written at row i, the rows after i need its column: one matrix-vector
+  // product of their centred keys in the fast mode, exact differences in the exact mode.
   auto refresh_column = [&](int64_t slot, int64_t i) {
+    const int64_t count = rows - i - 1;
+    if (count <= 0) {
+      return;
+    }
+    std::vector<scalar_t> dots;
+    if (!exact_mode) {
+      dots.resize(count);
+      dot_rows(centred.data_ptr<scalar_t>() + (i + 1) * key_dim_,
+               count,
+               key_dim_,
+               keys_centred_.data_ptr<scalar_t>() + slot * key_dim_,
+               dots.data());
+    }
+    const scalar_t* dot = exact_mode ? nullptr : dots.data();
+    const scalar_t* norm = exact_mode ? nullptr : norms.data_ptr<scalar_t>();
+    const double member_norm = static_cast<double>(key_norms_.data_ptr<scalar_t>()[slot]);
     const scalar_t* member = keys_.data_ptr<scalar_t>() + slot * key_dim_;
     for (int64_t r = i + 1; r < rows; ++r) {
-      d[r * cap + slot] = static_cast<dist_t>(squared_distance(k + r * key_dim_, member, key_dim_));
+      const double value =
+          exact_mode ? squared_distance(k + r * key_dim_, member, key_dim_)
+                     : static_cast<double>(norm[r]) + member_norm -
+                           2.0 * static_cast<double>(dot[r - i - 1]);
+      d[r * cap + slot] = static_cast<dist_t>(value);
+      if (dirty[r]) {
+        continue;
+      }
+      const double stored = static_cast<double>(d[r * cap + slot]);
+      if (stored <= row_min[r]) {
+        row_min[r] = stored;
+        row_arg[r] = slot;
+      } else if (row_arg[r] == slot) {
+        dirty[r] = 1;  // the minimum sat in this column and went up
+      }
     }
   };
 
@@ -315,42 +465,42 @@ void SequentialCoreset::walk(const at::Tensor& features,
     const dist_t* row = d + i * cap;
     double norm = 0.0;
     for (int64_t c = 0; c < key_dim_; ++c) {
-      const double centred = static_cast<double>(key[c]) - static_cast<double>(centre[c]);
-      norm += centred * centred;
+      const double value = static_cast<double>(key[c]) - static_cast<double>(centre[c]);
+      norm += value * value;
     }
     const double bound = error_bound(norm);
 
     int64_t slot = -1;
     if (size_ < cap) {
-      const Neighbour nearest = exact_nearest(key, row, bound, -1);
-      if (nearest.distance2 == 0.0) {
+      const auto [first, second] = nearest_two<scalar_t, dist_t>(key, row, bound, -1);
+      if (first.distance2 == 0.0) {
         ++duplicates_;
         continue;
       }
       slot = size_;
       write_slot<scalar_t>(slot, x + i * dim_, key);
       size_ += 1;
-      nn_distance2_[slot] = nearest.distance2;
-      nn_slot_[slot] = nearest.slot;
+      nn_distance2_[slot] = first.distance2;
+      nn_slot_[slot] = first.slot;
+      second_distance2_[slot] = second.distance2;
+      second_slot_[slot] = second.slot;
       offer<scalar_t, dist_t>(slot, row, bound, nullptr);
       ++added_;
     } else {
       // Reject at once when even the most favourable rounding cannot make d_p exceed d_m.
-      double fast_min = kInf;
-      for (int64_t j = 0; j < size_; ++j) {
-        fast_min = std::min(fast_min, static_cast<double>(row[j]));
-      }
-      if (fast_min + bound <= min_distance2_ ||
-          exact_nearest(key, row, bound, -1).distance2 <= min_distance2_) {
+      if (smallest(i) + bound <= min_distance2_ ||
+          nearest_two<scalar_t, dist_t>(key, row, bound, -1).first.distance2 <= min_distance2_) {
         ++rejected_;
         continue;
       }
 
       slot = eviction_slot<scalar_t>();
       write_slot<scalar_t>(slot, x + i * dim_, key);
-      const Neighbour nearest = exact_nearest(key, row, bound, slot);
-      nn_distance2_[slot] = nearest.distance2;
-      nn_slot_[slot] = nearest.slot;
+      const auto [first, second] = nearest_two<scalar_t, dist_t>(key, row, bound, slot);
+      nn_distance2_[slot] = first.distance2;
+      nn_slot_[slot] = first.slot;
+      second_distance2_[slot] = second.distance2;
+      second_slot_[slot] = second.slot;
       std::vector<int64_t> stale;
       offer<scalar_t, dist_t>(slot, row, bound, &stale);
       for (const int64_t j : stale) {
@@ -389,9 +539,10 @@ void SequentialCoreset::write_slot(int64_t slot, const scalar_t* feature, const 
   }
 }
 
-// Offers the member just written to `slot` as nearest neighbour to every other member, given
-// `row`, its fast (or exact) squared distances to them. Members whose nearest was the slot's
-// previous occupant are collected into `stale` instead: they need a full search.
+// Offers the member just written to `slot` as one of the two nearest to every other member,
+// given `row`, its fast (or exact) squared distances to them. Members that counted the slot's
+// previous occupant among their two nearest are collected into `stale` instead: they need a
+// full search. Without `stale`, members that already count the slot are left alone.
 template <typename scalar_t, typename dist_t>
 void SequentialCoreset::offer(int64_t slot,
                               const dist_t* row,
@@ -403,18 +554,32 @@ void SequentialCoreset::offer(int64_t slot,
     if (j == slot) {
       continue;
     }
-    if (stale != nullptr && nn_slot_[j] == slot) {
-      stale->push_back(j);
+    if (nn_slot_[j] == slot || second_slot_[j] == slot) {
+      if (stale != nullptr) {
+        stale->push_back(j);
+      }
       continue;
     }
-    if (static_cast<double>(row[j]) - bound > nn_distance2_[j]) {
+    if (static_cast<double>(row[j]) - bound > second_distance2_[j]) {
       continue;
     }
-    const double exact = squared_distance(key, m + j * key_dim_, key_dim_);
-    if (exact < nn_distance2_[j] || (exact == nn_distance2_[j] && slot < nn_slot_[j])) {
-      nn_distance2_[j] = exact;
-      nn_slot_[j] = slot;
-    }
+    keep_nearest_two(j, squared_distance(key, m + j * key_dim_, key_dim_), slot);
+  }
+}
+
+// Inserts (distance2, slot) into a member's two nearest, ordered by distance then slot.
+void SequentialCoreset::keep_nearest_two(int64_t member, double distance2, int64_t slot) {
+  auto before = [](double d1, int64_t s1, double d2, int64_t s2) {
+    return d1 != d2 ? d1 < d2 : (s2 < 0 || s1 < s2);
+  };
+  if (before(distance2, slot, nn_distance2_[member], nn_slot_[member])) {
+    second_distance2_[member] = nn_distance2_[member];
+    second_slot_[member] = nn_slot_[member];
+    nn_distance2_[member] = distance2;
+    nn_slot_[member] = slot;
+  } else if (before(distance2, slot, second_distance2_[member], second_slot_[member])) {
+    second_distance2_[member] = distance2;
+    second_slot_[member] = slot;
   }
 }
 
@@ -430,9 +595,9 @@ std::vector<double> SequentialCoreset::distances_to_member(int64_t slot) const {
     return row;
   }
 
-  // dots: [size]
-  const at::Tensor dots = at::mv(keys_centred_.narrow(0, 0, size_), keys_centred_[slot]);
-  const scalar_t* dot = dots.data_ptr<scalar_t>();
+  std::vector<scalar_t> dot(size_);
+  const scalar_t* centred = keys_centred_.data_ptr<scalar_t>();
+  dot_rows(centred, size_, key_dim_, centred + slot * key_dim_, dot.data());
   const scalar_t* norms = key_norms_.data_ptr<scalar_t>();
   for (int64_t j = 0; j < size_; ++j) {
     row[j] = static_cast<double>(norms[slot]) + static_cast<double>(norms[j]) -
@@ -441,48 +606,56 @@ std::vector<double> SequentialCoreset::distances_to_member(int64_t slot) const {
   return row;
 }
 
-// The `count` nearest other members of a member, exact, ordered by distance then slot.
-template <typename scalar_t>
-std::vector<SequentialCoreset::Neighbour> SequentialCoreset::nearest_to_member(
-    int64_t slot,
-    int64_t count) const {
-  std::vector<Neighbour> nearest;
-  if (size_ < 2) {
-    return nearest;
-  }
-  const std::vector<double> row = distances_to_member<scalar_t>(slot);
-  const double bound = error_bound(static_cast<double>(key_norms_.data_ptr<scalar_t>()[slot]));
-
-  // The count-th smallest fast distance bounds the exact count-th smallest from above.
-  std::vector<double> others;
-  others.reserve(size_ - 1);
+// The two members nearest to `key`, exact, ordered by (distance, slot), leaving out `skip`.
+// `distances` holds its fast squared distances to every member; only members within twice the
+// bound of the second smallest can be among the two nearest exactly, so only those are exact.
+template <typename scalar_t, typename dist_t>
+std::pair<SequentialCoreset::Neighbour, SequentialCoreset::Neighbour>
+SequentialCoreset::nearest_two(const scalar_t* key,
+                               const dist_t* distances,
+                               double bound,
+                               int64_t skip) const {
+  double first = kInf;
+  double second = kInf;
   for (int64_t j = 0; j < size_; ++j) {
-    if (j != slot) {
-      others.push_back(row[j]);
+    const double value = static_cast<double>(distances[j]);
+    if (j == skip || value >= second) {
+      continue;
     }
+    second = value < first ? first : value;
+    first = std::min(first, value);
   }
-  count = std::min<int64_t>(count, static_cast<int64_t>(others.size()));
-  std::nth_element(others.begin(), others.begin() + (count - 1), others.end());
-  const double cutoff = others[count - 1] + 2.0 * bound;
 
+  std::pair<Neighbour, Neighbour> best{{kInf, -1}, {kInf, -1}};
   const scalar_t* m = keys_.data_ptr<scalar_t>();
   for (int64_t j = 0; j < size_; ++j) {
-    if (j != slot && row[j] <= cutoff) {
-      nearest.push_back({squared_distance(m + slot * key_dim_, m + j * key_dim_, key_dim_), j});
+    if (j == skip || static_cast<double>(distances[j]) > second + 2.0 * bound) {
+      continue;
+    }
+    const double exact = squared_distance(key, m + j * key_dim_, key_dim_);
+    if (exact < best.first.distance2) {
+      best.second = best.first;
+      best.first = {exact, j};
+    } else if (exact < best.second.distance2) {
+      best.second = {exact, j};
     }
   }
-  std::sort(nearest.begin(), nearest.end(), [](const Neighbour& a, const Neighbour& b) {
-    return a.distance2 != b.distance2 ? a.distance2 < b.distance2 : a.slot < b.slot;
-  });
-  nearest.resize(count);
-  return nearest;
+  return best;
 }
 
 template <typename scalar_t>
 void SequentialCoreset::refresh_nearest(int64_t slot) {
-  const std::vector<Neighbour> nearest = nearest_to_member<scalar_t>(slot, 1);
-  nn_distance2_[slot] = nearest.empty() ? kInf : nearest[0].distance2;
-  nn_slot_[slot] = nearest.empty() ? -1 : nearest[0].slot;
+  const std::vector<double> row = distances_to_member<scalar_t>(slot);
+  const double bound = error_bound(static_cast<double>(key_norms_.data_ptr<scalar_t>()[slot]));
+  const auto [first, second] =
+      nearest_two<scalar_t, double>(keys_.data_ptr<scalar_t>() + slot * key_dim_,
+                                    row.data(),
+                                    bound,
+                                    slot);
+  nn_distance2_[slot] = first.distance2;
+  nn_slot_[slot] = first.slot;
+  second_distance2_[slot] = second.distance2;
+  second_slot_[slot] = second.slot;
 }
 
 // Of the closest pair (a, b), the endpoint whose second-nearest member is closer: removing it
@@ -491,12 +664,8 @@ template <typename scalar_t>
 int64_t SequentialCoreset::eviction_slot() const {
   const int64_t a = closest_;
   const int64_t b = nn_slot_[a];
-  auto second_nearest = [&](int64_t slot) {
-    const std::vector<Neighbour> nearest = nearest_to_member<scalar_t>(slot, 2);
-    return nearest.size() < 2 ? kInf : nearest[1].distance2;
-  };
-  const double second_a = second_nearest(a);
-  const double second_b = second_nearest(b);
+  const double second_a = second_distance2_[a];
+  const double second_b = second_distance2_[b];
   if (second_a != second_b) {
     return second_a < second_b ? a : b;
   }
@@ -524,15 +693,21 @@ void SequentialCoreset::evict_one() {
   const int64_t slot = eviction_slot<scalar_t>();
   const int64_t last = size_ - 1;
 
+  // Members that counted the evicted one among their two nearest need a full search; the last
+  // member moves into the freed slot, so references to it are renamed.
   std::vector<int64_t> stale;
   for (int64_t j = 0; j < size_; ++j) {
-    if (j != slot && nn_slot_[j] == slot) {
+    if (j != slot && (nn_slot_[j] == slot || second_slot_[j] == slot)) {
       stale.push_back(j == last ? slot : j);
     }
   }
   for (int64_t j = 0; j < size_; ++j) {
-    if (nn_slot_[j] == last) {
-      nn_slot_[j] = slot;
+    nn_slot_[j] = nn_slot_[j] == last ? slot : nn_slot_[j];
+    second_slot_[j] = second_slot_[j] == last ? slot : second_slot_[j];
+    // The renamed slot is lower, which can reorder a tie.
+    if (second_distance2_[j] == nn_distance2_[j] && second_slot_[j] >= 0 &&
+        second_slot_[j] < nn_slot_[j]) {
+      std::swap(nn_slot_[j], second_slot_[j]);
     }
   }
   if (slot != last) {
@@ -543,10 +718,14 @@ void SequentialCoreset::evict_one() {
     write_slot<scalar_t>(slot, feature_copy.data(), key_copy.data());
     nn_distance2_[slot] = nn_distance2_[last];
     nn_slot_[slot] = nn_slot_[last];
+    second_distance2_[slot] = second_distance2_[last];
+    second_slot_[slot] = second_slot_[last];
   }
   size_ -= 1;
   nn_distance2_[size_] = kInf;
   nn_slot_[size_] = -1;
+  second_distance2_[size_] = kInf;
+  second_slot_[size_] = -1;
 
   // The moved member now sits at a lower slot, which can win ties it used to lose.
   if (slot < size_) {
@@ -593,7 +772,6 @@ SequentialCoreset SequentialCoreset::from_members(const at::Tensor& members,
     return coreset;
   }
   coreset.set_centre(keys);
-  coreset.unit_roundoff_ = matmul_unit_roundoff(coreset.dtype_, false);
 
   AT_DISPATCH_FLOATING_TYPES(coreset.dtype_, "sequential_coreset_from_members", [&] {
     const scalar_t* f = features.data_ptr<scalar_t>();
@@ -647,6 +825,12 @@ std::map<std::string, at::Tensor> SequentialCoreset::state() const {
       at::tensor(std::vector<double>(nn_distance2_.begin(), nn_distance2_.begin() + size_),
                  at::kDouble);
   state["nn_slot"] = nearest_indices();
+  state["second_distance2"] =
+      at::tensor(std::vector<double>(second_distance2_.begin(), second_distance2_.begin() + size_),
+                 at::kDouble);
+  at::Tensor second_slot = at::empty({size_}, at::kLong);
+  std::copy(second_slot_.begin(), second_slot_.begin() + size_, second_slot.data_ptr<int64_t>());
+  state["second_slot"] = second_slot;
   state["centre"] = centre_.defined() ? centre_.clone() : at::empty({0}, dtype_);
   return state;
 }
@@ -665,8 +849,8 @@ SequentialCoreset SequentialCoreset::from_state(const std::map<std::string, at::
     return it->second.to(at::kCPU).contiguous();
   };
   const int64_t version = get("version", 1).item<int64_t>();
-  TORCH_CHECK(version == kStateVersion,
-              "coreset state version should be ",
+  TORCH_CHECK(version == 1 || version == kStateVersion,
+              "coreset state version should be 1 or ",
               kStateVersion,
               ", got ",
               version);
@@ -726,6 +910,25 @@ SequentialCoreset SequentialCoreset::from_state(const std::map<std::string, at::
                 "coreset state nn_slot[", j, "] = ", ns[j], " is not another member");
     coreset.nn_distance2_[j] = nd[j];
     coreset.nn_slot_[j] = ns[j];
+  }
+  if (version == 1) {
+    // Version 1 kept only the nearest member; the second comes from a search.
+    AT_DISPATCH_FLOATING_TYPES(dtype, "sequential_coreset_from_state_v1", [&] {
+      for (int64_t j = 0; j < size; ++j) {
+        coreset.refresh_nearest<scalar_t>(j);
+      }
+    });
+  } else {
+    const at::Tensor second_distance2 = get("second_distance2", size).to(at::kDouble);
+    const at::Tensor second_slot = get("second_slot", size).to(at::kLong);
+    const double* sd = second_distance2.data_ptr<double>();
+    const int64_t* ss = second_slot.data_ptr<int64_t>();
+    for (int64_t j = 0; j < size; ++j) {
+      TORCH_CHECK(ss[j] >= -1 && ss[j] < size && ss[j] != j && (ss[j] != ns[j] || ss[j] < 0),
+                  "coreset state second_slot[", j, "] = ", ss[j], " is not another member");
+      coreset.second_distance2_[j] = sd[j];
+      coreset.second_slot_[j] = ss[j];
+    }
   }
   const int64_t* c = counters.data_ptr<int64_t>();
   coreset.seen_ = c[0];

@@ -115,15 +115,23 @@ class SequentialCoreset {
                             const at::Device& device);
   void sync_device_keys(const at::Device& device);
   template <typename scalar_t, typename dist_t>
-  void walk(const at::Tensor& features, const at::Tensor& keys, at::Tensor& distances);
+  void walk(const at::Tensor& features,
+            const at::Tensor& keys,
+            const at::Tensor& centred,
+            const at::Tensor& norms,
+            at::Tensor& distances);
   template <typename scalar_t>
   void write_slot(int64_t slot, const scalar_t* feature, const scalar_t* key);
   template <typename scalar_t, typename dist_t>
   void offer(int64_t slot, const dist_t* distances, double bound, std::vector<int64_t>* stale);
+  void keep_nearest_two(int64_t member, double distance2, int64_t slot);
   template <typename scalar_t>
   std::vector<double> distances_to_member(int64_t slot) const;
-  template <typename scalar_t>
-  std::vector<Neighbour> nearest_to_member(int64_t slot, int64_t count) const;
+  template <typename scalar_t, typename dist_t>
+  std::pair<Neighbour, Neighbour> nearest_two(const scalar_t* key,
+                                              const dist_t* distances,
+                                              double bound,
+                                              int64_t skip) const;
   template <typename scalar_t>
   void refresh_nearest(int64_t slot);
   template <typename scalar_t>
@@ -149,8 +157,12 @@ class SequentialCoreset {
   at::Tensor device_keys_centred_;
   at::Tensor device_key_norms_;
   std::vector<int64_t> stale_device_slots_;
+  // Each member's two nearest other members, ordered by (squared distance, slot): the first is
+  // its nearest (the rule's bookkeeping), the second gives the eviction choice without a search.
   std::vector<double> nn_distance2_;
   std::vector<int64_t> nn_slot_;
+  std::vector<double> second_distance2_;
+  std::vector<int64_t> second_slot_;
   int64_t size_ = 0;
   int64_t closest_ = -1;  // slot a of the closest pair; -1 with fewer than two members
   double min_distance2_ = std::numeric_limits<double>::infinity();

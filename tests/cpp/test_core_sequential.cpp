@@ -5,9 +5,12 @@
 #include <ATen/ATen.h>
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <limits>
 #include <string>
+#include <utility>
+#include <vector>
 
 #include "core/sequential_coreset.h"
 
@@ -21,21 +24,29 @@ void expect_exact_bookkeeping(const SequentialCoreset& coreset) {
   const at::Tensor nn_distance = coreset.nearest_distances().to(at::kDouble);
   const at::Tensor nn_index = coreset.nearest_indices();
   const int64_t n = m.size(0);
+  const auto state = coreset.state();
+  const at::Tensor second_distance2 = state.at("second_distance2");
+  const at::Tensor second_slot = state.at("second_slot");
   double closest = std::numeric_limits<double>::infinity();
   for (int64_t i = 0; i < n; ++i) {
-    double best = std::numeric_limits<double>::infinity();
-    int64_t best_slot = -1;
+    // (squared distance, slot) of every other member, sorted: the two nearest come first.
+    std::vector<std::pair<double, int64_t>> others;
     for (int64_t j = 0; j < n; ++j) {
-      if (j == i) {
-        continue;
-      }
-      const double d = (m[i] - m[j]).square().sum().item<double>();
-      if (d < best) {
-        best = d;
-        best_slot = j;
+      if (j != i) {
+        others.emplace_back((m[i] - m[j]).square().sum().item<double>(), j);
       }
     }
+    std::sort(others.begin(), others.end());
+    const double best = others.empty() ? std::numeric_limits<double>::infinity() : others[0].first;
+    const int64_t best_slot = others.empty() ? -1 : others[0].second;
     EXPECT_EQ(nn_index[i].item<int64_t>(), best_slot) << "member " << i;
+    if (others.size() >= 2) {
+      EXPECT_EQ(second_slot[i].item<int64_t>(), others[1].second) << "member " << i;
+      EXPECT_NEAR(second_distance2[i].item<double>(), others[1].first, 1e-9 * (1 + others[1].first))
+          << "member " << i;
+    } else {
+      EXPECT_EQ(second_slot[i].item<int64_t>(), -1) << "member " << i;
+    }
     if (best_slot >= 0) {
       EXPECT_NEAR(nn_distance[i].item<double>(), std::sqrt(best), 1e-5) << "member " << i;
     }

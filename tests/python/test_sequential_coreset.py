@@ -35,7 +35,16 @@ def assert_same_as_reference(features, capacity, keys=None, chunks=None, **optio
     return builder
 
 
-SHAPES = [(200, 4, 10), (300, 16, 25), (150, 1, 8), (120, 3, 1), (40, 5, 60), (500, 8, 30)]
+# dim 37: whole vectors of partial sums and a remainder in the builder's dot products.
+SHAPES = [
+    (200, 4, 10),
+    (300, 16, 25),
+    (150, 1, 8),
+    (120, 3, 1),
+    (40, 5, 60),
+    (500, 8, 30),
+    (300, 37, 23),
+]
 
 
 @pytest.mark.parametrize("seed", range(8))
@@ -69,9 +78,10 @@ def test_empty_and_uneven_updates():
     assert_same_as_reference(features, 15, chunks=[0, 3, 0, 1, 50, 0, 17], chunk_size=8)
 
 
-def test_float64():
+@pytest.mark.parametrize("dim", [7, 13])
+def test_float64(dim):
     generator = torch.Generator().manual_seed(13)
-    features = torch.randn(300, 7, generator=generator, dtype=torch.float64)
+    features = torch.randn(300, dim, generator=generator, dtype=torch.float64)
     builder = assert_same_as_reference(features, 20, dtype="float64")
     assert builder.coreset().dtype == torch.float64
 
