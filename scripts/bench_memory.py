@@ -59,14 +59,15 @@ AUROC_GAP_LIMIT = 0.01  # |image AUROC sequential - standard| at the same K
 BUILD_OVER_NN_LIMIT = 1.5  # sequential build time over one nearest-neighbour pass
 
 COLUMNS = [
-    "cell", "size", "method", "n_images", "capacity", "batch_size", "repeat", "status",
+    "cell", "size", "method", "chunk_size", "n_images", "capacity", "batch_size", "repeat",
+    "status",
     "pid", "patches_per_image", "n_patches", "dim", "feature_mb",
     "rss_before_fit_mb", "fit_peak_mb", "fit_increase_mb", "total_peak_mb", "kernel_peak_mb",
     "fit_s", "build_s", "extract_s", "nn_pass_s", "nn_pass_runs", "build_over_nn",
     "coverage_max", "coverage_mean", "replaced", "rejected",
     "eval_val_images", "eval_test_images", "image_auroc", "pixel_auroc", "image_f1",
     "image_f1_max", "pixel_f1_max", "eval_s", "load_before", "load_after", "torch_threads",
-    "wall_s",
+    "omp_wait_policy", "wall_s",
 ]
 
 
@@ -82,6 +83,7 @@ class Cell:
         batch_size: images per backbone call (the same for both methods at a size).
         eval_limit: images of each of val and test, stratified by label; 0 all; -1 no scoring.
         repeat: 0 for the first run of a cell; repeats only time and measure memory.
+        chunk_size: sequential builder's features per distance product; 0 the default (4096).
         config: the run config the cell starts from (data, backbone, features, scoring).
     """
 
@@ -92,17 +94,20 @@ class Cell:
     batch_size: int
     eval_limit: int = 0
     repeat: int = 0
+    chunk_size: int = 0
     config: str = str(DEFAULT_CONFIG)
 
     @property
     def name(self) -> str:
-        return f"{self.size}px-{self.method}-n{self.n_images}-r{self.repeat}"
+        chunk = f"-c{self.chunk_size}" if self.chunk_size else ""
+        return f"{self.size}px-{self.method}{chunk}-n{self.n_images}-r{self.repeat}"
 
     def overrides(self) -> list[str]:
         """Config overrides (`--set` of the main job) that turn the base config into this cell."""
         values = [
             f"coreset.method={self.method}",
             f"coreset.capacity={self.capacity}",
+            f"coreset.chunk_size={self.chunk_size}",
             f"features.input_size=[{self.size}, {self.size}]",
             f"features.batch_size={self.batch_size}",
             f"data.limit_train={self.n_images}",
@@ -128,6 +133,10 @@ class Sweep:
     score_all: bool = True
     # Cells with at most this many training images are run `repeats` times (timing noise).
     repeat_up_to: int = 0
+    # Sequential cells with a small builder chunk (not scored): how much of the sequential
+    # peak is the builder's distance chunk.
+    small_chunk_images: tuple[int, ...] = ()
+    small_chunk: int = 512
 
     def cells(self, config: str, repeats: int) -> list[Cell]:
         common = set(self.greedy_images) & set(self.sequential_images)
@@ -141,7 +150,10 @@ class Sweep:
                 for repeat in range(runs):
                     limit = self.eval_limit if scored and repeat == 0 else -1
                     cells.append(Cell(method, n, self.size, self.capacity, self.batch_size,
-                                      limit, repeat, config))
+                                      limit, repeat, config=config))
+        for n in self.small_chunk_images:
+            cells.append(Cell("sequential", n, self.size, self.capacity, self.batch_size, -1,
+                              chunk_size=self.small_chunk, config=config))
         return cells
 
 
@@ -151,13 +163,14 @@ class Sweep:
 # the batch size keeps one backbone call at about the pixels of the main job's 16 images of
 # 256^2. See docs/memory_study.md for the budget behind these choices.
 FULL_GRID = (
-    Sweep(256, 6676, 16, (100, 200, 400, 652), (100, 200, 400, 652), repeat_up_to=200),
-    Sweep(1024, 4096, 1, (10, 25, 50, 100), (10, 25, 50, 100, 200), eval_limit=64,
-          score_all=False),
-    Sweep(2048, 4096, 1, (5, 10, 20), (5, 10, 20, 50), eval_limit=32, score_all=False),
+    Sweep(256, 6676, 16, (100, 200, 400, 652), (100, 200, 400, 652), repeat_up_to=100,
+          small_chunk_images=(100, 652)),
+    Sweep(1024, 4096, 1, (10, 25, 50), (10, 25, 50, 100), eval_limit=48, score_all=False),
+    Sweep(2048, 4096, 1, (5, 10), (5, 10, 20), eval_limit=24, score_all=False),
 )
 QUICK_GRID = (
-    Sweep(64, 32, 4, (4, 8), (4, 8), eval_limit=8, repeat_up_to=4),
+    Sweep(64, 32, 4, (4,), (4, 8), eval_limit=8, score_all=False, repeat_up_to=4,
+          small_chunk_images=(4,), small_chunk=16),
     Sweep(96, 32, 4, (4,), (4,), eval_limit=-1),
 )
 
@@ -272,9 +285,11 @@ def run_cell(cell: Cell) -> dict[str, Any]:
 
     started = time.perf_counter()
     row: dict[str, Any] = {"cell": cell.name, "size": cell.size, "method": cell.method,
-                           "n_images": cell.n_images, "capacity": cell.capacity,
-                           "batch_size": cell.batch_size, "repeat": cell.repeat,
-                           "pid": os.getpid(), "torch_threads": torch.get_num_threads(),
+                           "chunk_size": cell.chunk_size, "n_images": cell.n_images,
+                           "capacity": cell.capacity, "batch_size": cell.batch_size,
+                           "repeat": cell.repeat, "pid": os.getpid(),
+                           "torch_threads": torch.get_num_threads(),
+                           "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "default"),
                            "load_before": os.getloadavg()[0]}
 
     config, locations = runner.load_run_config(cell.config, cell.overrides())
@@ -351,19 +366,41 @@ def score_cell(model: Any, plan: Any, config: dict[str, Any]) -> dict[str, Any]:
 
 # -- the driver ------------------------------------------------------------------------------
 
+# Note [OpenMP waiting on a shared machine]
+# By default an OpenMP worker thread spins after each parallel region, waiting for the next.
+# The sequential builder starts many tiny parallel regions (a [K, D] x [D] product per
+# replacement, in distances_to_member); when the machine runs more threads than it has cores
+# (here: 2 cores shared with other jobs), the main thread then waits at every region's barrier
+# for a worker that the scheduler has parked behind the spinning threads. Measured on the first
+# 30 training images at 256^2, K = 6676, load average about 6: 290 s to build with the default
+# policy, 24.5 s with one thread, 14.5 s with OMP_WAIT_POLICY=passive; the nearest-neighbour
+# pass took 4-6 s in all three, and greedy selection 6.4-6.7 s under both policies. The cells
+# therefore run with passive waiting, which measures the algorithms rather than the
+# oversubscription; --omp-wait-policy inherit measures the default instead.
 
-def launch(cell: Cell, work_dir: Path) -> dict[str, Any]:
+
+def launch(cell: Cell, work_dir: Path, omp_wait_policy: str | None) -> dict[str, Any]:
     """Run one cell in a fresh Python process and return its row.
 
     The child's peak resident memory is also taken from the kernel (wait4 returns the rusage
     of that child alone) as kernel_peak_mb, a check on the child's own reading.
+    `omp_wait_policy` sets the child's OMP_WAIT_POLICY (None: inherit), see Note [OpenMP
+    waiting on a shared machine].
     """
     output = work_dir / f"{cell.name}.json"
     output.unlink(missing_ok=True)
     command = [sys.executable, str(Path(__file__).resolve()), "--cell",
                json.dumps(dataclasses.asdict(cell)), "--cell-output", str(output)]
+    # The child imports the seqpatchcore this driver runs, whatever the caller's PYTHONPATH.
+    import seqpatchcore
+
+    package_root = str(Path(seqpatchcore.__file__).resolve().parents[1])
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [package_root, env.get("PYTHONPATH")]))
+    if omp_wait_policy is not None:
+        env["OMP_WAIT_POLICY"] = omp_wait_policy
     start = time.perf_counter()
-    child = subprocess.Popen(command)
+    child = subprocess.Popen(command, env=env)
     _, status, usage = os.wait4(child.pid, 0)
     child.returncode = os.waitstatus_to_exitcode(status)
     wall = time.perf_counter() - start
@@ -420,16 +457,28 @@ def _format(value: Any) -> str:
     return str(value)
 
 
+def variant(row: dict[str, Any]) -> str:
+    """"greedy", "sequential", or "sequential-c512" for a builder chunk of 512 features."""
+    chunk = row.get("chunk_size")
+    return f"{row['method']}-c{chunk}" if chunk else row["method"]
+
+
+def variant_label(name: str) -> str:
+    method, _, chunk = name.partition("-c")
+    label = METHOD_NAMES.get(method, method)
+    return f"{label} (chunk {chunk})" if chunk else label
+
+
 def summarise(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
-    """One entry per (size, method, n_images): medians over repeats of memory and times, the
+    """One entry per (size, variant, n_images): medians over repeats of memory and times, the
     metrics of the scored run."""
     groups: dict[tuple[int, str, int], list[dict[str, Any]]] = {}
     for row in rows:
         if row.get("status") == "ok":
-            groups.setdefault((row["size"], row["method"], row["n_images"]), []).append(row)
+            groups.setdefault((row["size"], variant(row), row["n_images"]), []).append(row)
     summary = []
-    for (size, method, n_images), members in sorted(groups.items()):
-        entry = {"size": size, "method": method, "n_images": n_images, "runs": len(members),
+    for (size, name, n_images), members in sorted(groups.items()):
+        entry = {"size": size, "method": name, "n_images": n_images, "runs": len(members),
                  "capacity": members[0]["capacity"], "batch_size": members[0]["batch_size"],
                  "feature_mb": members[0]["feature_mb"]}
         for key in ("rss_before_fit_mb", "fit_peak_mb", "fit_increase_mb", "total_peak_mb",
@@ -505,6 +554,22 @@ def check_targets(summary: Sequence[dict[str, Any]], main_size: int) -> list[Che
     return checks
 
 
+def small_chunk_notes(summary: Sequence[dict[str, Any]], main_size: int) -> list[str]:
+    """The fit peak of the small-chunk sequential cells against standard's at the same n."""
+    table = {(e["method"], e["n_images"]): e for e in summary if e["size"] == main_size}
+    notes = []
+    for (name, n), entry in sorted(table.items()):
+        if "-c" in name and ("greedy", n) in table:
+            standard = table["greedy", n]
+            notes.append(
+                f"{variant_label(name)} at n={n}: fit peak {entry['fit_peak_mb']:.0f} / "
+                f"{standard['fit_peak_mb']:.0f} MiB = "
+                f"{entry['fit_peak_mb'] / standard['fit_peak_mb']:.3f} of standard's; "
+                f"increase over the pre-fit baseline "
+                f"{_ratio(entry['fit_increase_mb'], standard['fit_increase_mb'])}")
+    return notes
+
+
 def _ratio(numerator: float | None, denominator: float | None) -> str:
     if numerator is None or denominator is None or denominator <= 0:
         return "n/a"
@@ -531,7 +596,7 @@ def markdown(rows: Sequence[dict[str, Any]], environment: dict[str, Any]) -> str
     for size in sizes:
         for entry in (e for e in summary if e["size"] == size):
             lines.append(
-                f"| {size}² | {METHOD_NAMES.get(entry['method'], entry['method'])} "
+                f"| {size}² | {variant_label(entry['method'])} "
                 f"| {entry['n_images']} | {entry['capacity']} | {entry['runs']} "
                 f"| {_cell(entry['feature_mb'], 0)} | {_cell(entry['fit_peak_mb'], 0)} "
                 f"| {_cell(entry['fit_increase_mb'], 0)} | {_cell(entry['total_peak_mb'], 0)} "
@@ -550,6 +615,9 @@ def markdown(rows: Sequence[dict[str, Any]], environment: dict[str, Any]) -> str
     for check in check_targets(summary, _main_size(rows)):
         verdict = {True: "PASS", False: "FAIL", None: "n/a"}[check.passed]
         lines.append(f"| {check.target} | {check.measured} | {verdict} |")
+    notes = small_chunk_notes(summary, _main_size(rows))
+    if notes:
+        lines += [""] + [f"- {note}" for note in notes]
 
     lines += ["", "## Environment", ""]
     lines += [f"- {key}: {value}" for key, value in environment.items()]
@@ -587,13 +655,12 @@ def plot(rows: Sequence[dict[str, Any]], path: Path) -> Path:
     sizes = sorted({entry["size"] for entry in summary})
     figure, axes = plt.subplots(1, len(sizes), figsize=(4.8 * len(sizes), 4.0), squeeze=False)
     for axis, size in zip(axes[0], sizes, strict=True):
-        for method, style in (("greedy", "o-"), ("sequential", "s-")):
-            entries = [e for e in summary if e["size"] == size and e["method"] == method]
-            if not entries:
-                continue
-            counts = [e["n_images"] for e in entries]
-            axis.plot(counts, [e["fit_peak_mb"] for e in entries], style,
-                      label=f"{METHOD_NAMES[method]}: fit peak")
+        names = sorted({e["method"] for e in summary if e["size"] == size})
+        for name in names:
+            entries = [e for e in summary if e["size"] == size and e["method"] == name]
+            style = "o-" if name == "greedy" else ("s-" if name == "sequential" else "^--")
+            axis.plot([e["n_images"] for e in entries], [e["fit_peak_mb"] for e in entries],
+                      style, label=f"{variant_label(name)}: fit peak")
         baseline = [e["rss_before_fit_mb"] for e in summary if e["size"] == size]
         axis.axhline(statistics.median(baseline), color="grey", linestyle=":",
                      label="resident before fit")
@@ -652,6 +719,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--sizes", type=int, nargs="+", help="run only these image sizes")
     parser.add_argument("--repeats", type=int, default=3,
                         help="processes per cheap cell (timing noise); default 3")
+    parser.add_argument("--omp-wait-policy", default="passive",
+                        help="OMP_WAIT_POLICY of the cells: passive (default), active, or "
+                             "inherit (this shell's); see Note [OpenMP waiting on a shared "
+                             "machine] in this file")
     parser.add_argument("--resume", action="store_true",
                         help="keep the rows of an existing CSV and skip their cells")
     parser.add_argument("--report-only", action="store_true",
@@ -684,9 +755,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     work_dir = args.results / "cells"
     work_dir.mkdir(parents=True, exist_ok=True)
     logger.info("%d cells to run (%d kept from %s)", len(cells), len(done), csv_path)
+    policy = None if args.omp_wait_policy == "inherit" else args.omp_wait_policy
     for index, cell in enumerate(cells, 1):
         logger.info("cell %d/%d: %s", index, len(cells), cell.name)
-        row = launch(cell, work_dir)
+        row = launch(cell, work_dir, policy)
         rows.append(row)
         logger.info("cell %s: fit peak %s MiB, fit %s s, build %s s, NN pass %s s",
                     cell.name, _cell(row.get("fit_peak_mb"), 0), _cell(row.get("fit_s"), 1),

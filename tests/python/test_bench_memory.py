@@ -1,0 +1,143 @@
+"""The memory-study driver (scripts/bench_memory.py): its smoke grid runs every cell in a
+process of its own and writes a CSV, a table and a plot; the target checks decide as the
+issue's numbers say."""
+
+from __future__ import annotations
+
+import csv
+import importlib.util
+import os
+import sys
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "bench_memory.py"
+D = 72  # expanded_conv_2 (24 channels) + expanded_conv_7 (48 channels)
+
+
+@pytest.fixture(scope="module")
+def bench():
+    spec = importlib.util.spec_from_file_location("bench_memory", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    # dataclasses look their module up in sys.modules while the class is being made.
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    yield module
+    del sys.modules[spec.name]
+
+
+@pytest.fixture(scope="module")
+def quick_run(bench, tmp_path_factory, shared_dir):
+    results = tmp_path_factory.mktemp("memory_quick")
+    status = bench.main(["--quick", "--repeats", "2", "--results", str(results)])
+    with open(results / "memory_study.csv", newline="") as stream:
+        rows = list(csv.DictReader(stream))
+    return status, results, rows
+
+
+def test_quick_grid_runs_each_cell_in_its_own_process(quick_run):
+    status, _, rows = quick_run
+
+    assert status == 0
+    # QUICK_GRID: 64 px: greedy n=4 twice, sequential n=4 twice, sequential n=8 once;
+    # 96 px: greedy and sequential n=4 once.
+    assert sorted(row["cell"] for row in rows) == sorted([
+        "64px-greedy-n4-r0", "64px-greedy-n4-r1", "64px-sequential-n4-r0",
+        "64px-sequential-n4-r1", "64px-sequential-n8-r0", "96px-greedy-n4-r0",
+        "96px-sequential-n4-r0",
+    ])
+    pids = [int(row["pid"]) for row in rows]
+    assert len(set(pids)) == len(rows)
+    assert os.getpid() not in pids
+    assert all(row["status"] == "ok" for row in rows)
+
+
+def test_quick_csv_columns_and_values(quick_run):
+    _, results, rows = quick_run
+    with open(results / "memory_study.csv", newline="") as stream:
+        header = next(csv.reader(stream))
+
+    required = {"size", "method", "n_images", "capacity", "pid", "fit_peak_mb",
+                "total_peak_mb", "kernel_peak_mb", "rss_before_fit_mb", "fit_s", "build_s",
+                "nn_pass_s", "build_over_nn", "image_auroc", "pixel_auroc", "image_f1",
+                "image_f1_max"}
+    assert required <= set(header)
+    for row in rows:
+        size, n = int(row["size"]), int(row["n_images"])
+        # The feature grid has stride 8: (size / 8)^2 patches of D floats per image.
+        assert int(row["n_patches"]) == n * (size // 8) ** 2
+        assert float(row["feature_mb"]) == pytest.approx(n * (size // 8) ** 2 * D * 4 / 2**20,
+                                                         rel=1e-5)
+        # Peaks only grow: before fit <= after fit <= at the end <= the kernel's reading.
+        before, fit, total, kernel = (float(row[key]) for key in (
+            "rss_before_fit_mb", "fit_peak_mb", "total_peak_mb", "kernel_peak_mb"))
+        assert 0 < before <= fit <= total <= kernel
+        assert 0 <= float(row["build_s"]) <= float(row["fit_s"])
+        assert float(row["nn_pass_s"]) > 0
+        if row["size"] == "96":
+            assert int(row["batch_size"]) == 4
+
+    scored = [row for row in rows if row["image_auroc"]]
+    # Only the largest n both methods ran (4 at 64 px) is scored, in its first run.
+    assert sorted(row["cell"] for row in scored) == ["64px-greedy-n4-r0",
+                                                     "64px-sequential-n4-r0"]
+    for row in scored:
+        assert int(row["eval_val_images"]) == 8 and int(row["eval_test_images"]) == 8
+        for key in ("image_auroc", "pixel_auroc", "image_f1_max"):
+            assert 0.0 <= float(row[key]) <= 1.0
+
+
+def test_quick_table_plot_and_resume(bench, quick_run):
+    _, results, rows = quick_run
+    table = (results / "memory_study.md").read_text()
+    plot = Image.open(results / "memory_study.png")
+
+    assert table.count("| PASS |") + table.count("| FAIL |") == 4
+    assert "| 64² | standard | 4 | 32 | 2 |" in table
+    assert plot.size[0] > 2 * plot.size[1]  # two panels side by side
+
+    # Resuming a complete study runs nothing: the same processes' rows come back.
+    assert bench.main(["--quick", "--repeats", "2", "--resume", "--results", str(results)]) == 0
+    with open(results / "memory_study.csv", newline="") as stream:
+        again = list(csv.DictReader(stream))
+    assert [row["pid"] for row in again] == [row["pid"] for row in rows]
+
+
+def _entry(method, n, peak, before=250.0, auroc=0.9, build=1.0, nn=1.0):
+    return {"size": 256, "method": method, "n_images": n, "capacity": 100,
+            "fit_peak_mb": peak, "fit_increase_mb": peak - before, "image_auroc": auroc,
+            "build_s": build, "nn_pass_s": nn, "build_over_nn": build / nn}
+
+
+def test_target_checks_decide_at_the_issue_limits(bench):
+    summary = [
+        _entry("greedy", 100, 400.0), _entry("greedy", 652, 2000.0, auroc=0.940),
+        _entry("sequential", 100, 300.0),
+        # 330 / 300 = 1.1 (flat, at the limit); 330 / 2000 = 0.165 <= 0.2;
+        # AUROC gap -0.012 > 0.01; build 3 s over NN 2 s = 1.5 (at the limit).
+        _entry("sequential", 652, 330.0, auroc=0.928, build=3.0, nn=2.0),
+    ]
+
+    verdicts = [check.passed for check in bench.check_targets(summary, 256)]
+
+    assert verdicts == [True, True, False, True]
+
+
+def test_target_checks_fail_above_the_limits(bench):
+    summary = [
+        _entry("greedy", 652, 1000.0, auroc=0.940),
+        _entry("sequential", 100, 300.0),
+        _entry("sequential", 652, 331.0, auroc=0.935, build=3.1, nn=2.0),
+    ]
+
+    verdicts = [check.passed for check in bench.check_targets(summary, 256)]
+
+    # 331 / 300 > 1.1; 331 / 1000 > 0.2; |gap| 0.005 passes; 3.1 / 2 > 1.5.
+    assert verdicts == [False, False, True, False]
+
+
+def test_unknown_size_is_refused(bench, tmp_path):
+    with pytest.raises(SystemExit, match="--sizes: no sweep for \\[512\\]"):
+        bench.main(["--quick", "--sizes", "512", "--results", str(tmp_path)])
