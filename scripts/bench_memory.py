@@ -170,8 +170,8 @@ FULL_GRID = (
 )
 QUICK_GRID = (
     Sweep(64, 32, 4, (4,), (4, 8), eval_limit=8, score_all=False, repeat_up_to=4,
-          small_chunk_images=(4,), small_chunk=16),
-    Sweep(96, 32, 4, (4,), (4,), eval_limit=-1),
+          small_chunk_images=(8,), small_chunk=16),
+    Sweep(96, 32, 4, (), (4,), eval_limit=-1),
 )
 
 
@@ -678,15 +678,25 @@ def plot(rows: Sequence[dict[str, Any]], path: Path) -> Path:
     return write_bytes(path, buffer.getvalue())
 
 
-def environment() -> dict[str, Any]:
+def environment(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """Versions and machine, and the commit of the seqpatchcore that was measured."""
     import torch
 
-    commit = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"],
+    import seqpatchcore
+
+    package = Path(seqpatchcore.__file__).resolve().parent
+    commit = subprocess.run(["git", "-C", str(package), "rev-parse", "--short", "HEAD"],
                             capture_output=True, text=True).stdout.strip()
-    return {"commit": commit or "unknown", "python": platform.python_version(),
-            "torch": torch.__version__, "cpu_count": os.cpu_count(),
-            "torch_threads": torch.get_num_threads(), "platform": platform.platform(),
-            "load average at the end": f"{os.getloadavg()[0]:.2f}"}
+    policies = sorted({str(row.get("omp_wait_policy")) for row in rows})
+    seconds = sum(row.get("wall_s") or 0.0 for row in rows)
+    return {"seqpatchcore": f"{package} at commit {commit or 'unknown'}",
+            "python": platform.python_version(), "torch": torch.__version__,
+            "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+            "OMP_WAIT_POLICY of the cells": ", ".join(policies),
+            "platform": platform.platform(),
+            "processes": f"{len(rows)}, {seconds / 60:.1f} minutes in all",
+            "load average at the end (other jobs share the CPUs)":
+                f"{os.getloadavg()[0]:.2f}"}
 
 
 def write_reports(rows: Sequence[dict[str, Any]], results: Path) -> None:
@@ -694,7 +704,7 @@ def write_reports(rows: Sequence[dict[str, Any]], results: Path) -> None:
 
     write_text(results / "memory_study.csv", csv_text(rows))
     if any(row.get("status") == "ok" for row in rows):
-        write_text(results / "memory_study.md", markdown(rows, environment()))
+        write_text(results / "memory_study.md", markdown(rows, environment(rows)))
         plot(rows, results / "memory_study.png")
 
 
