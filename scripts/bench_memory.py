@@ -489,7 +489,7 @@ def summarise(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
         scored = [member for member in members if member.get("image_auroc") is not None]
         for key in ("image_auroc", "pixel_auroc", "image_f1", "image_f1_max",
                     "eval_val_images", "eval_test_images"):
-            entry[key] = scored[0][key] if scored else None
+            entry[key] = scored[0].get(key) if scored else None
         summary.append(entry)
     return summary
 

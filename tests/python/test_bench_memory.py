@@ -31,7 +31,7 @@ def bench():
 @pytest.fixture(scope="module")
 def quick_run(bench, tmp_path_factory, shared_dir):
     results = tmp_path_factory.mktemp("memory_quick")
-    status = bench.main(["--quick", "--repeats", "2", "--results", str(results)])
+    status = bench.main(["--quick", "--repeats", "1", "--results", str(results)])
     with open(results / "memory_study.csv", newline="") as stream:
         rows = list(csv.DictReader(stream))
     return status, results, rows
@@ -41,12 +41,11 @@ def test_quick_grid_runs_each_cell_in_its_own_process(quick_run):
     status, _, rows = quick_run
 
     assert status == 0
-    # QUICK_GRID: 64 px: greedy n=4 twice, sequential n=4 twice, sequential n=8 once;
-    # 96 px: greedy and sequential n=4 once.
+    # QUICK_GRID with one run per cell: 64 px: greedy n=4, sequential n=4 and 8, sequential
+    # with a 16-feature builder chunk n=8; 96 px: sequential n=4.
     assert sorted(row["cell"] for row in rows) == sorted([
-        "64px-greedy-n4-r0", "64px-greedy-n4-r1", "64px-sequential-n4-r0",
-        "64px-sequential-n4-r1", "64px-sequential-n8-r0", "96px-greedy-n4-r0",
-        "96px-sequential-n4-r0",
+        "64px-greedy-n4-r0", "64px-sequential-n4-r0", "64px-sequential-n8-r0",
+        "64px-sequential-c16-n8-r0", "96px-sequential-n4-r0",
     ])
     pids = [int(row["pid"]) for row in rows]
     assert len(set(pids)) == len(rows)
@@ -76,8 +75,7 @@ def test_quick_csv_columns_and_values(quick_run):
         assert 0 < before <= fit <= total <= kernel
         assert 0 <= float(row["build_s"]) <= float(row["fit_s"])
         assert float(row["nn_pass_s"]) > 0
-        if row["size"] == "96":
-            assert int(row["batch_size"]) == 4
+        assert row["omp_wait_policy"] == "passive"
 
     scored = [row for row in rows if row["image_auroc"]]
     # Only the largest n both methods ran (4 at 64 px) is scored, in its first run.
@@ -95,14 +93,54 @@ def test_quick_table_plot_and_resume(bench, quick_run):
     plot = Image.open(results / "memory_study.png")
 
     assert table.count("| PASS |") + table.count("| FAIL |") == 4
-    assert "| 64² | standard | 4 | 32 | 2 |" in table
+    assert "| 64² | standard | 4 | 32 | 1 |" in table
+    assert "| 64² | sequential (chunk 16) | 8 | 32 | 1 |" in table
     assert plot.size[0] > 2 * plot.size[1]  # two panels side by side
 
     # Resuming a complete study runs nothing: the same processes' rows come back.
-    assert bench.main(["--quick", "--repeats", "2", "--resume", "--results", str(results)]) == 0
+    assert bench.main(["--quick", "--repeats", "1", "--resume", "--results", str(results)]) == 0
     with open(results / "memory_study.csv", newline="") as stream:
         again = list(csv.DictReader(stream))
     assert [row["pid"] for row in again] == [row["pid"] for row in rows]
+
+
+def test_sweep_repeats_cheap_cells_and_scores_the_common_largest_n(bench):
+    sweep = bench.Sweep(512, 100, 2, (10, 20), (10, 20, 40), eval_limit=16, score_all=False,
+                        repeat_up_to=10, small_chunk_images=(40,), small_chunk=64)
+
+    cells = {cell.name: cell for cell in sweep.cells("run.yaml", repeats=3)}
+
+    assert sorted(cells) == sorted([
+        "512px-greedy-n10-r0", "512px-greedy-n10-r1", "512px-greedy-n10-r2",
+        "512px-greedy-n20-r0", "512px-sequential-n10-r0", "512px-sequential-n10-r1",
+        "512px-sequential-n10-r2", "512px-sequential-n20-r0", "512px-sequential-n40-r0",
+        "512px-sequential-c64-n40-r0",
+    ])
+    scored = sorted(name for name, cell in cells.items() if cell.eval_limit >= 0)
+    assert scored == ["512px-greedy-n20-r0", "512px-sequential-n20-r0"]
+    assert cells["512px-sequential-c64-n40-r0"].overrides() == [
+        "coreset.method=sequential", "coreset.capacity=100", "coreset.chunk_size=64",
+        "features.input_size=[512, 512]", "features.batch_size=2", "data.limit_train=40",
+        "output.overwrite=true",
+    ]
+
+
+def test_summary_takes_medians_over_repeats_and_metrics_of_the_scored_run(bench):
+    rows = [
+        {"status": "ok", "size": 256, "method": "sequential", "chunk_size": 0, "n_images": 10,
+         "capacity": 5, "batch_size": 1, "feature_mb": 1.0, "fit_peak_mb": peak,
+         "fit_s": seconds, "image_auroc": auroc, "eval_val_images": val,
+         "eval_test_images": val}
+        for peak, seconds, auroc, val in ((300.0, 9.0, 0.8, 4), (310.0, 1.0, None, None),
+                                          (320.0, 2.0, None, None))
+    ]
+    rows.append(dict(rows[0], status="failed (exit 1)", fit_peak_mb=9999.0))
+
+    (entry,) = bench.summarise(rows)
+
+    assert entry["runs"] == 3
+    assert entry["fit_peak_mb"] == 310.0 and entry["fit_s"] == 2.0
+    assert entry["image_auroc"] == 0.8 and entry["eval_test_images"] == 4
 
 
 def _entry(method, n, peak, before=250.0, auroc=0.9, build=1.0, nn=1.0):
