@@ -39,6 +39,7 @@ import resource
 import statistics
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Sequence
 from contextlib import contextmanager
@@ -67,7 +68,7 @@ COLUMNS = [
     "coverage_max", "coverage_mean", "replaced", "rejected",
     "eval_val_images", "eval_test_images", "image_auroc", "pixel_auroc", "image_f1",
     "image_f1_max", "pixel_f1_max", "eval_s", "load_before", "load_after", "torch_threads",
-    "omp_wait_policy", "wall_s",
+    "omp_wait_policy", "wall_s", "sampled_peak_mb", "peak_in_build_mb", "peak_outside_build_mb",
 ]
 
 
@@ -85,6 +86,8 @@ class Cell:
         repeat: 0 for the first run of a cell; repeats only time and measure memory.
         chunk_size: sequential builder's features per distance product; 0 the default (4096).
         config: the run config the cell starts from (data, backbone, features, scoring).
+        phases: sample the resident memory during the fit and split its peak between the
+            coreset build and the rest (--phases); such cells are not scored.
     """
 
     method: str
@@ -96,6 +99,7 @@ class Cell:
     repeat: int = 0
     chunk_size: int = 0
     config: str = str(DEFAULT_CONFIG)
+    phases: bool = False
 
     @property
     def name(self) -> str:
@@ -132,7 +136,8 @@ class Sweep:
     eval_limit: int = 0
     score_all: bool = True
     # Cells with at most this many training images are run `repeats` times (timing noise).
-    repeat_up_to: int = 0
+    repeat_greedy_up_to: int = 0
+    repeat_sequential_up_to: int = 0
     # Sequential cells with a small builder chunk (not scored): how much of the sequential
     # peak is the builder's distance chunk.
     small_chunk_images: tuple[int, ...] = ()
@@ -146,11 +151,13 @@ class Sweep:
                                ("sequential", self.sequential_images)):
             for n in counts:
                 scored = self.score_all or n == scored_n
-                runs = repeats if n <= self.repeat_up_to else 1
+                limit = (self.repeat_greedy_up_to if method == "greedy"
+                         else self.repeat_sequential_up_to)
+                runs = repeats if n <= limit else 1
                 for repeat in range(runs):
-                    limit = self.eval_limit if scored and repeat == 0 else -1
+                    eval_limit = self.eval_limit if scored and repeat == 0 else -1
                     cells.append(Cell(method, n, self.size, self.capacity, self.batch_size,
-                                      limit, repeat, config=config))
+                                      eval_limit, repeat, config=config))
         for n in self.small_chunk_images:
             cells.append(Cell("sequential", n, self.size, self.capacity, self.batch_size, -1,
                               chunk_size=self.small_chunk, config=config))
@@ -161,16 +168,21 @@ class Sweep:
 # every n. Large images: standard's features take n * P * 72 * 4 bytes (P = 16,384 patches at
 # 1024^2, 65,536 at 2048^2) and its greedy selection O(K * n * P * D) time, so its n is capped;
 # the batch size keeps one backbone call at about the pixels of the main job's 16 images of
-# 256^2. See docs/memory_study.md for the budget behind these choices.
+# 256^2. Cheap cells are repeated: all sequential ones (their build and nearest-neighbour
+# times are the fourth target; their peaks at the large sizes scatter by up to 90 MiB from
+# process to process) and standard's at the fewest images. See docs/memory_study.md for the
+# budget behind these choices.
 FULL_GRID = (
-    Sweep(256, 6676, 16, (100, 200, 400, 652), (100, 200, 400, 652), repeat_up_to=100,
-          small_chunk_images=(100, 652)),
-    Sweep(1024, 4096, 1, (10, 25, 50), (10, 25, 50, 100), eval_limit=48, score_all=False),
-    Sweep(2048, 4096, 1, (5, 10), (5, 10, 20), eval_limit=24, score_all=False),
+    Sweep(256, 6676, 16, (100, 200, 400, 652), (100, 200, 400, 652),
+          repeat_greedy_up_to=100, repeat_sequential_up_to=652, small_chunk_images=(100, 652)),
+    Sweep(1024, 4096, 1, (10, 25, 50), (10, 25, 50, 100), eval_limit=48, score_all=False,
+          repeat_sequential_up_to=50),
+    Sweep(2048, 4096, 1, (5, 10), (5, 10, 20), eval_limit=24, score_all=False,
+          repeat_sequential_up_to=20),
 )
 QUICK_GRID = (
-    Sweep(64, 32, 4, (4,), (4, 8), eval_limit=8, score_all=False, repeat_up_to=4,
-          small_chunk_images=(8,), small_chunk=16),
+    Sweep(64, 32, 4, (4,), (4, 8), eval_limit=8, score_all=False, repeat_greedy_up_to=4,
+          repeat_sequential_up_to=4, small_chunk_images=(8,), small_chunk=16),
     Sweep(96, 32, 4, (), (4,), eval_limit=-1),
 )
 
@@ -200,15 +212,18 @@ class _BuildClock:
     def __init__(self, core: Any):
         self._core = core
         self.seconds = 0.0
+        self.building = False  # read by _RssSampler from its thread
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._core, name)
 
     def greedy_coreset(self, *args: Any, **kwargs: Any) -> Any:
         start = time.perf_counter()
+        self.building = True
         try:
             return self._core.greedy_coreset(*args, **kwargs)
         finally:
+            self.building = False
             self.seconds += time.perf_counter() - start
 
     def SequentialCoreset(self, *args: Any, **kwargs: Any) -> Any:  # noqa: N802 (mirrors _C)
@@ -227,10 +242,39 @@ class _TimedBuilder:
 
     def update(self, features: Any) -> None:
         start = time.perf_counter()
+        self._clock.building = True
         try:
             self._builder.update(features)
         finally:
+            self._clock.building = False
             self._clock.seconds += time.perf_counter() - start
+
+
+class _RssSampler(threading.Thread):
+    """Samples this process's resident memory every `interval` seconds and keeps the largest
+    sample inside and outside the coreset build (the _BuildClock's flag). The C++ calls release
+    the GIL, so the samples continue while they run; peaks shorter than the interval can be
+    missed, which ru_maxrss (fit_peak_mb) does not."""
+
+    def __init__(self, clock: _BuildClock, interval: float = 0.005):
+        super().__init__(daemon=True)
+        self.clock = clock
+        self.interval = interval
+        self.peaks = {True: 0.0, False: 0.0}
+        self._stop_event = threading.Event()
+        self._page_mb = os.sysconf("SC_PAGE_SIZE") / 2**20
+
+    def run(self) -> None:
+        with open("/proc/self/statm") as statm:
+            while not self._stop_event.wait(self.interval):
+                statm.seek(0)
+                resident = int(statm.read().split()[1]) * self._page_mb
+                building = self.clock.building
+                self.peaks[building] = max(self.peaks[building], resident)
+
+    def stop(self) -> None:
+        self._stop_event.set()
+        self.join()
 
 
 @contextmanager
@@ -310,9 +354,17 @@ def run_cell(cell: Cell) -> dict[str, Any]:
 
     # The claim is about this peak: nothing but the fit has run on top of the baseline.
     with build_clock() as clock:
+        sampler = _RssSampler(clock) if cell.phases else None
+        if sampler is not None:
+            sampler.start()
         start = time.perf_counter()
         model.fit(train)
         row["fit_s"] = time.perf_counter() - start
+        if sampler is not None:
+            sampler.stop()
+            row["peak_in_build_mb"] = sampler.peaks[True]
+            row["peak_outside_build_mb"] = sampler.peaks[False]
+            row["sampled_peak_mb"] = max(sampler.peaks.values())
     row["fit_peak_mb"] = peak_rss_mb()
     row["fit_increase_mb"] = row["fit_peak_mb"] - row["rss_before_fit_mb"]
     row["build_s"] = clock.seconds
@@ -605,6 +657,15 @@ def markdown(rows: Sequence[dict[str, Any]], environment: dict[str, Any]) -> str
                 f"| {_cell(entry['coverage_max'], 3)} | {_cell(entry['image_auroc'], 4)} "
                 f"| {_cell(entry['pixel_auroc'], 4)} | {_cell(entry['image_f1'], 4)} "
                 f"| {_cell(entry['image_f1_max'], 4)} | {_eval_images(entry)} |")
+    sampled = [row for row in rows if row.get("sampled_peak_mb") is not None]
+    if sampled:
+        lines += ["", "## Where the fit's peak is (memory sampled every 5 ms, MiB)", "",
+                  "| cell | before fit | fit peak (ru_maxrss) | in build | outside build |",
+                  "|---|---|---|---|---|"]
+        for row in sampled:
+            lines.append(f"| {row['cell']} | {row['rss_before_fit_mb']:.0f} "
+                         f"| {row['fit_peak_mb']:.0f} | {row['peak_in_build_mb']:.0f} "
+                         f"| {row['peak_outside_build_mb']:.0f} |")
     failed = [row for row in rows if row.get("status") != "ok"]
     if failed:
         lines += ["", "Failed cells: " + ", ".join(f"{row['cell']} ({row['status']})"
@@ -709,6 +770,8 @@ def write_reports(rows: Sequence[dict[str, Any]], results: Path) -> None:
 
 
 def grid(args: argparse.Namespace) -> list[Cell]:
+    """The cells to run: the full or quick grid, narrowed by --sizes and --only, and with
+    --phases turned into unscored phase-sampling cells."""
     sweeps = QUICK_GRID if args.quick else FULL_GRID
     if args.sizes:
         unknown = sorted(set(args.sizes) - {sweep.size for sweep in sweeps})
@@ -716,7 +779,17 @@ def grid(args: argparse.Namespace) -> list[Cell]:
             raise SystemExit(f"--sizes: no sweep for {unknown}; this grid has "
                              f"{[sweep.size for sweep in sweeps]}")
         sweeps = tuple(sweep for sweep in sweeps if sweep.size in args.sizes)
-    return [cell for sweep in sweeps for cell in sweep.cells(str(args.config), args.repeats)]
+    cells = [cell for sweep in sweeps for cell in sweep.cells(str(args.config), args.repeats)]
+    if args.only:
+        names = {cell.name for cell in cells}
+        unknown = sorted(set(args.only) - names)
+        if unknown:
+            raise SystemExit(f"--only: no cell named {unknown} in this grid; it has "
+                             f"{sorted(names)}")
+        cells = [cell for cell in cells if cell.name in args.only]
+    if args.phases:
+        cells = [dataclasses.replace(cell, phases=True, eval_limit=-1) for cell in cells]
+    return cells
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -727,6 +800,12 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="the run config every cell starts from")
     parser.add_argument("--quick", action="store_true", help="a tiny grid (smoke test)")
     parser.add_argument("--sizes", type=int, nargs="+", help="run only these image sizes")
+    parser.add_argument("--only", nargs="+", metavar="CELL",
+                        help="run only these cells, e.g. 256px-greedy-n652-r0")
+    parser.add_argument("--phases", action="store_true",
+                        help="sample memory during the fit to split its peak between the "
+                             "coreset build and the rest (feature extraction; for standard "
+                             "also the concatenation of all features); no scoring")
     parser.add_argument("--repeats", type=int, default=3,
                         help="processes per cheap cell (timing noise); default 3")
     parser.add_argument("--omp-wait-policy", default="passive",

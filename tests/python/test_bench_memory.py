@@ -4,6 +4,7 @@ issue's numbers say."""
 
 from __future__ import annotations
 
+import argparse
 import csv
 import importlib.util
 import os
@@ -106,14 +107,16 @@ def test_quick_table_plot_and_resume(bench, quick_run):
 
 def test_sweep_repeats_cheap_cells_and_scores_the_common_largest_n(bench):
     sweep = bench.Sweep(512, 100, 2, (10, 20), (10, 20, 40), eval_limit=16, score_all=False,
-                        repeat_up_to=10, small_chunk_images=(40,), small_chunk=64)
+                        repeat_greedy_up_to=10, repeat_sequential_up_to=20,
+                        small_chunk_images=(40,), small_chunk=64)
 
     cells = {cell.name: cell for cell in sweep.cells("run.yaml", repeats=3)}
 
     assert sorted(cells) == sorted([
         "512px-greedy-n10-r0", "512px-greedy-n10-r1", "512px-greedy-n10-r2",
         "512px-greedy-n20-r0", "512px-sequential-n10-r0", "512px-sequential-n10-r1",
-        "512px-sequential-n10-r2", "512px-sequential-n20-r0", "512px-sequential-n40-r0",
+        "512px-sequential-n10-r2", "512px-sequential-n20-r0", "512px-sequential-n20-r1",
+        "512px-sequential-n20-r2", "512px-sequential-n40-r0",
         "512px-sequential-c64-n40-r0",
     ])
     scored = sorted(name for name, cell in cells.items() if cell.eval_limit >= 0)
@@ -179,3 +182,16 @@ def test_target_checks_fail_above_the_limits(bench):
 def test_unknown_size_is_refused(bench, tmp_path):
     with pytest.raises(SystemExit, match="--sizes: no sweep for \\[512\\]"):
         bench.main(["--quick", "--sizes", "512", "--results", str(tmp_path)])
+
+
+def test_only_and_phases_narrow_the_grid(bench):
+    args = argparse.Namespace(quick=True, sizes=None, config="run.yaml", repeats=1,
+                              only=["64px-sequential-n8-r0", "96px-sequential-n4-r0"],
+                              phases=True)
+
+    cells = bench.grid(args)
+
+    assert [cell.name for cell in cells] == ["64px-sequential-n8-r0", "96px-sequential-n4-r0"]
+    assert all(cell.phases and cell.eval_limit == -1 for cell in cells)
+    with pytest.raises(SystemExit, match="--only: no cell named \\['64px-greedy-n99-r0'\\]"):
+        bench.grid(argparse.Namespace(**{**vars(args), "only": ["64px-greedy-n99-r0"]}))
