@@ -121,7 +121,7 @@ Field scoring_section() {
       {
           integer("k", 1, "neighbours; k > 1 applies PatchCore's reweighting", 1, 1000),
           number("sigma", 4.0, "Gaussian blur of the anomaly map, pixels (0 = none)", 0.0, 64.0),
-          integer("chunk_rows", 0, "patches per distance chunk (0 = from a 64 MiB budget)", 0),
+          integer("chunk_rows", 0, "patches per search block (0 = up to 1024 per thread)", 0),
       });
 }
 

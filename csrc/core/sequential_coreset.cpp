@@ -314,23 +314,44 @@ void SequentialCoreset::sync_device_keys(const at::Device& device) {
   stale_device_slots_.clear();
 }
 
+// Note [One distance buffer]
+// Each chunk needs its distances to every slot, [rows, K]: 27 MiB for one 256^2 image against
+// K = 6676. Allocated afresh per update, blocks of that size defeat glibc's heap: freeing one
+// raises its mmap threshold above them, later ones come from the heap between the backbone's
+// tensors, and the heap grows with every image (a fit's peak rose from 395 to 460-534 MiB over
+// 652 images, differently in every run). One buffer, grown to the largest chunk seen and
+// reused, keeps the builder's memory what the budget says. It is not shared with copies of the
+// builder, which allocate their own on first use.
+at::Tensor SequentialCoreset::distance_buffer(int64_t rows, at::ScalarType dtype) {
+  const int64_t cap = options_.capacity;
+  const bool usable = distances_.defined() && distances_.use_count() == 1 &&
+                      distances_.scalar_type() == dtype && distances_.size(0) >= rows &&
+                      distances_.size(1) == cap;
+  if (!usable) {
+    distances_ = at::Tensor();  // free the old buffer before allocating its successor
+    distances_ = at::empty({rows, cap}, at::TensorOptions().dtype(dtype));
+  }
+  return distances_.narrow(0, 0, rows);
+}
+
 // The chunk's fast squared distances to every slot, [b, K] on the CPU, computed on `device`.
 // centred: [b, D'] keys less the centre; norms: [b] their squared norms (both on the CPU).
 at::Tensor SequentialCoreset::fast_distances(const at::Tensor& centred,
                                              const at::Tensor& norms,
                                              const at::Device& device) {
+  at::Tensor distances = distance_buffer(centred.size(0), dtype_);
   if (device.is_cpu()) {
-    return at::addmm(key_norms_.unsqueeze(0), centred, keys_centred_.t(), 1, -2)
-        .add_(norms.unsqueeze(1));
+    at::addmm_out(distances, key_norms_.unsqueeze(0), centred, keys_centred_.t(), 1, -2);
+    return distances.add_(norms.unsqueeze(1));
   }
   sync_device_keys(device);
-  return at::addmm(device_key_norms_.unsqueeze(0),
-                   centred.to(device),
-                   device_keys_centred_.t(),
-                   1,
-                   -2)
-      .add_(norms.to(device).unsqueeze(1))
-      .to(at::kCPU);
+  distances.copy_(at::addmm(device_key_norms_.unsqueeze(0),
+                            centred.to(device),
+                            device_keys_centred_.t(),
+                            1,
+                            -2)
+                      .add_(norms.to(device).unsqueeze(1)));
+  return distances;
 }
 
 template <typename scalar_t>
@@ -345,7 +366,7 @@ void SequentialCoreset::update_chunk(const at::Tensor& features, const at::Devic
   // members arrive (see walk).
   if (options_.distance == DistanceMode::kExact) {
     const int64_t rows = keys.size(0);
-    at::Tensor distances = at::empty({rows, options_.capacity}, at::kDouble);
+    at::Tensor distances = distance_buffer(rows, at::kDouble);
     double* d = distances.data_ptr<double>();
     const scalar_t* k = keys.data_ptr<scalar_t>();
     const scalar_t* m = keys_.data_ptr<scalar_t>();

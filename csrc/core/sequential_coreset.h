@@ -110,6 +110,7 @@ class SequentialCoreset {
   double error_bound(double norm) const;
   template <typename scalar_t>
   void update_chunk(const at::Tensor& features, const at::Device& device);
+  at::Tensor distance_buffer(int64_t rows, at::ScalarType dtype);
   at::Tensor fast_distances(const at::Tensor& centred,
                             const at::Tensor& norms,
                             const at::Device& device);
@@ -157,6 +158,9 @@ class SequentialCoreset {
   at::Tensor device_keys_centred_;
   at::Tensor device_key_norms_;
   std::vector<int64_t> stale_device_slots_;
+  // The chunk's distances to every slot, [rows, K], kept between updates: see
+  // Note [One distance buffer].
+  at::Tensor distances_;
   // Each member's two nearest other members, ordered by (squared distance, slot): the first is
   // its nearest (the rule's bookkeeping), the second gives the eviction choice without a search.
   std::vector<double> nn_distance2_;

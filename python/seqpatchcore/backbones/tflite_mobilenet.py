@@ -565,7 +565,7 @@ def _check_input(x: torch.Tensor) -> None:
     if not isinstance(x, torch.Tensor) or x.dim() != 4 or x.shape[1] != 3:
         shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
         raise ValueError(f"x: expected the model input [B, 3, H, W] from preprocess(), got {shape}")
-    if x.dtype != torch.float32:
+    if x.dtype not in (torch.float32, torch.float64):
         raise ValueError(f"x: expected float32 model input from preprocess(), got {x.dtype}")
 
 
