@@ -566,7 +566,8 @@ def _check_input(x: torch.Tensor) -> None:
         shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
         raise ValueError(f"x: expected the model input [B, 3, H, W] from preprocess(), got {shape}")
     if x.dtype not in (torch.float32, torch.float64):
-        raise ValueError(f"x: expected float32 model input from preprocess(), got {x.dtype}")
+        raise ValueError(
+            f"x: expected float32 or float64 model input from preprocess(), got {x.dtype}")
 
 
 def _implied_activation(graph: GraphSpec, op: OpSpec) -> str:
