@@ -36,8 +36,9 @@ struct SequentialCoresetOptions {
   int64_t projection_dim = 0;
   // Seeds the projection.
   uint64_t seed = 0;
-  // Features per internal chunk, each costing one [chunk, K] matrix product; 0 picks the largest
-  // chunk that fits memory_budget_bytes (or 4096 without a budget). Does not change the result.
+  // Features per internal chunk, each costing one [chunk, K] matrix product; 0 picks a chunk
+  // whose distances take about 4 MiB (64 to 4096 features), smaller when memory_budget_bytes
+  // demands (Note [Chunk size]). Does not change the result.
   int64_t chunk_size = 0;
   // Refuse configurations whose working memory exceeds this many bytes; 0 means no limit.
   int64_t memory_budget_bytes = 0;
@@ -111,16 +112,25 @@ class SequentialCoreset {
   template <typename scalar_t>
   void update_chunk(const at::Tensor& features, const at::Device& device);
   at::Tensor distance_buffer(int64_t rows, at::ScalarType dtype);
+  // The smallest fast distance of every row of a chunk and a slot holding it.
+  struct RowMinima {
+    std::vector<double> value;
+    std::vector<int64_t> slot;
+  };
+  template <typename scalar_t>
   at::Tensor fast_distances(const at::Tensor& centred,
                             const at::Tensor& norms,
-                            const at::Device& device);
+                            const at::Device& device,
+                            RowMinima& minima);
+  static void store_minima(const at::Tensor& values, const at::Tensor& slots, RowMinima& minima);
   void sync_device_keys(const at::Device& device);
   template <typename scalar_t, typename dist_t>
   void walk(const at::Tensor& features,
             const at::Tensor& keys,
             const at::Tensor& centred,
             const at::Tensor& norms,
-            at::Tensor& distances);
+            at::Tensor& distances,
+            const RowMinima& minima);
   template <typename scalar_t>
   void write_slot(int64_t slot, const scalar_t* feature, const scalar_t* key);
   template <typename scalar_t, typename dist_t>
@@ -134,7 +144,7 @@ class SequentialCoreset {
                                               double bound,
                                               int64_t skip) const;
   template <typename scalar_t>
-  void refresh_nearest(int64_t slot);
+  void refresh_nearest(const std::vector<int64_t>& slots);
   template <typename scalar_t>
   int64_t eviction_slot() const;
   template <typename scalar_t>
@@ -152,6 +162,7 @@ class SequentialCoreset {
   at::Tensor members_;        // [K, D]
   at::Tensor keys_;           // [K, D'], aliases members_ without projection
   at::Tensor keys_centred_;   // [K, D'], keys_ - centre_
+  at::Tensor keys_by_column_;  // [D', K], keys_centred_ transposed (Note [Stale members in groups])
   at::Tensor key_norms_;      // [K], squared norms of keys_centred_
   // Copies of keys_centred_ and key_norms_ on the device of the last features, and the slots
   // written since they were last brought up to date; undefined while features come on the CPU.

@@ -108,7 +108,7 @@ def test_quick_table_plot_and_resume(bench, quick_run):
 def test_sweep_repeats_cheap_cells_and_scores_the_common_largest_n(bench):
     sweep = bench.Sweep(512, 100, 2, (10, 20), (10, 20, 40), eval_limit=16, score_all=False,
                         repeat_greedy_up_to=10, repeat_sequential_up_to=20,
-                        small_chunk_images=(40,), small_chunk=64)
+                        other_chunk_images=(40,), other_chunk=64)
 
     cells = {cell.name: cell for cell in sweep.cells("run.yaml", repeats=3)}
 
