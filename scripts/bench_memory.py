@@ -69,6 +69,7 @@ COLUMNS = [
     "eval_val_images", "eval_test_images", "image_auroc", "pixel_auroc", "image_f1",
     "image_f1_max", "pixel_f1_max", "eval_s", "load_before", "load_after", "torch_threads",
     "omp_wait_policy", "wall_s", "sampled_peak_mb", "peak_in_build_mb", "peak_outside_build_mb",
+    "memory_only",
 ]
 
 
@@ -89,6 +90,10 @@ class Cell:
         config: the run config the cell starts from (data, backbone, features, scoring).
         phases: sample the resident memory during the fit and split its peak between the
             coreset build and the rest (--phases); such cells are not scored.
+        memory_only: standard's peak where its full selection would take hours: the fit runs
+            with a tiny `capacity`, neither scored nor timed against a nearest-neighbour
+            pass. Standard's memory is its features, O(n * P * D), whatever K (see
+            Note [Memory-only standard cells]).
     """
 
     method: str
@@ -101,11 +106,13 @@ class Cell:
     chunk_size: int = 0
     config: str = str(DEFAULT_CONFIG)
     phases: bool = False
+    memory_only: bool = False
 
     @property
     def name(self) -> str:
         chunk = f"-c{self.chunk_size}" if self.chunk_size else ""
-        return f"{self.size}px-{self.method}{chunk}-n{self.n_images}-r{self.repeat}"
+        memory = "-mem" if self.memory_only else ""
+        return f"{self.size}px-{self.method}{chunk}{memory}-n{self.n_images}-r{self.repeat}"
 
     def overrides(self) -> list[str]:
         """Config overrides (`--set` of the main job) that turn the base config into this cell."""
@@ -143,6 +150,9 @@ class Sweep:
     # chunk costs in peak memory and build time (Note [Chunk size] in sequential_coreset.cpp).
     other_chunk_images: tuple[int, ...] = ()
     other_chunk: int = 4096
+    # Memory-only standard cells (see Cell) at these n, with this K.
+    memory_only_images: tuple[int, ...] = ()
+    memory_only_capacity: int = 16
 
     def cells(self, config: str, repeats: int) -> list[Cell]:
         common = set(self.greedy_images) & set(self.sequential_images)
@@ -162,6 +172,9 @@ class Sweep:
         for n in self.other_chunk_images:
             cells.append(Cell("sequential", n, self.size, self.capacity, self.batch_size, -1,
                               chunk_size=self.other_chunk, config=config))
+        for n in self.memory_only_images:
+            cells.append(Cell("greedy", n, self.size, self.memory_only_capacity,
+                              self.batch_size, -1, config=config, memory_only=True))
         return cells
 
 
@@ -176,15 +189,15 @@ class Sweep:
 FULL_GRID = (
     Sweep(256, 6676, 16, (100, 200, 400, 652), (100, 200, 400, 652),
           repeat_greedy_up_to=100, repeat_sequential_up_to=652, other_chunk_images=(100, 652)),
-    Sweep(1024, 4096, 1, (10, 25, 50), (10, 25, 50, 100), eval_limit=48, score_all=False,
-          repeat_sequential_up_to=50),
+    Sweep(1024, 4096, 1, (10, 25, 50), (10, 25, 50, 100, 652), eval_limit=48, score_all=False,
+          repeat_sequential_up_to=50, memory_only_images=(10, 652)),
     Sweep(2048, 4096, 1, (5, 10), (5, 10, 20), eval_limit=24, score_all=False,
           repeat_sequential_up_to=20),
 )
 QUICK_GRID = (
     Sweep(64, 32, 4, (4,), (4, 8), eval_limit=8, score_all=False, repeat_greedy_up_to=4,
           repeat_sequential_up_to=4, other_chunk_images=(8,), other_chunk=16),
-    Sweep(96, 32, 4, (), (4,), eval_limit=-1),
+    Sweep(96, 32, 4, (), (4,), eval_limit=-1, memory_only_images=(4,)),
 )
 
 
@@ -332,7 +345,8 @@ def run_cell(cell: Cell) -> dict[str, Any]:
     row: dict[str, Any] = {"cell": cell.name, "size": cell.size, "method": cell.method,
                            "chunk_size": cell.chunk_size, "n_images": cell.n_images,
                            "capacity": cell.capacity, "batch_size": cell.batch_size,
-                           "repeat": cell.repeat, "pid": os.getpid(),
+                           "repeat": cell.repeat, "memory_only": cell.memory_only,
+                           "pid": os.getpid(),
                            "torch_threads": torch.get_num_threads(),
                            "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "default"),
                            "load_before": os.getloadavg()[0]}
@@ -373,6 +387,13 @@ def run_cell(cell: Cell) -> dict[str, Any]:
     if model.builder_ is not None:
         counters = dict(model.builder_.counters)
         row["replaced"], row["rejected"] = counters["replaced"], counters["rejected"]
+
+    if cell.memory_only:
+        row["total_peak_mb"] = peak_rss_mb()
+        row["load_after"] = os.getloadavg()[0]
+        row["wall_s"] = time.perf_counter() - started
+        row["status"] = "ok"
+        return row
 
     features = training_features(extractor, train, cell.batch_size)
     row["nn_pass_s"], row["nn_pass_runs"], distances = time_nearest_pass(features,
@@ -511,15 +532,25 @@ def _format(value: Any) -> str:
 
 
 def variant(row: dict[str, Any]) -> str:
-    """"greedy", "sequential", or "sequential-c4096" for a builder chunk of 4096 features."""
+    """"greedy", "sequential", "sequential-c4096" for a builder chunk of 4096 features, or
+    "greedy-mem" for a memory-only standard cell."""
+    if _truthy(row.get("memory_only")):
+        return f"{row['method']}-mem"
     chunk = row.get("chunk_size")
     return f"{row['method']}-c{chunk}" if chunk else row["method"]
 
 
 def variant_label(name: str) -> str:
+    if name.endswith("-mem"):
+        return f"{METHOD_NAMES.get(name[:-4], name[:-4])} (memory only)"
     method, _, chunk = name.partition("-c")
     label = METHOD_NAMES.get(method, method)
     return f"{label} (chunk {chunk})" if chunk else label
+
+
+def _truthy(value: Any) -> bool:
+    # Rows read back from the CSV hold strings.
+    return value is True or str(value).lower() == "true"
 
 
 def summarise(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -608,6 +639,55 @@ def check_targets(summary: Sequence[dict[str, Any]], main_size: int) -> list[Che
     return checks
 
 
+# Note [Memory-only standard cells]
+# Standard PatchCore holds every patch feature before its greedy selection starts, so its peak
+# is reached once all features are in memory and the selection's working arrays (O(n * P))
+# are allocated; the selection then adds K members, K * D values. At 1024^2 a full selection
+# over 652 images (10.7 million features) would take about 75 minutes here, so standard's
+# peak at that n comes from a fit with K = 16: the same features, the same allocations, a
+# selection that ends in seconds. A memory-only cell beside a full one at the same n (n = 10
+# at 1024^2) shows how much K adds. Such cells are not scored and have no nearest-neighbour
+# pass; the peak-share target at a large size compares against them where no full standard
+# cell has that many images.
+def large_size_checks(summary: Sequence[dict[str, Any]], main_size: int) -> list[Check]:
+    """The flatness and peak-share targets at every other image size, against full standard
+    cells where they reach the n, else against memory-only ones."""
+    checks = []
+    for size in sorted({e["size"] for e in summary} - {main_size}):
+        table = {(e["method"], e["n_images"]): e for e in summary if e["size"] == size}
+        sequential = sorted(n for method, n in table if method == "sequential")
+        if len(sequential) >= 2:
+            low, high = table["sequential", sequential[0]], table["sequential", sequential[-1]]
+            ratio = high["fit_peak_mb"] / low["fit_peak_mb"]
+            checks.append(Check(
+                f"{size}²: sequential fit peak flat, n={sequential[-1]} over n={sequential[0]} "
+                f"<= {FLAT_LIMIT}",
+                f"{high['fit_peak_mb']:.0f} / {low['fit_peak_mb']:.0f} MiB = {ratio:.3f}",
+                ratio <= FLAT_LIMIT))
+        for n in sequential[-1:]:
+            standard = table.get(("greedy", n)) or table.get(("greedy-mem", n))
+            if standard is None:
+                continue
+            seq = table["sequential", n]
+            share = seq["fit_peak_mb"] / standard["fit_peak_mb"]
+            source = "memory-only cell" if ("greedy", n) not in table else "full cell"
+            checks.append(Check(
+                f"{size}²: sequential fit peak <= {PEAK_SHARE_LIMIT} x standard's at n={n}",
+                f"{seq['fit_peak_mb']:.0f} / {standard['fit_peak_mb']:.0f} MiB = {share:.3f} "
+                f"(standard: {source}; increase over the pre-fit baseline: "
+                f"{_ratio(seq['fit_increase_mb'], standard['fit_increase_mb'])})",
+                share <= PEAK_SHARE_LIMIT))
+        for (method, n), entry in sorted(table.items()):
+            full = table.get(("greedy", n))
+            if method == "greedy-mem" and full is not None:
+                checks.append(Check(
+                    f"{size}²: memory-only standard (K={entry['capacity']}) against full "
+                    f"(K={full['capacity']}) at n={n}",
+                    f"{entry['fit_peak_mb']:.0f} against {full['fit_peak_mb']:.0f} MiB",
+                    None))
+    return checks
+
+
 def other_chunk_notes(summary: Sequence[dict[str, Any]], main_size: int) -> list[str]:
     """The fit peak and build time of the other-chunk sequential cells against standard's
     and the default chunk's at the same n."""
@@ -683,6 +763,13 @@ def markdown(rows: Sequence[dict[str, Any]], environment: dict[str, Any]) -> str
     for check in check_targets(summary, _main_size(rows)):
         verdict = {True: "PASS", False: "FAIL", None: "n/a"}[check.passed]
         lines.append(f"| {check.target} | {check.measured} | {verdict} |")
+    large = large_size_checks(summary, _main_size(rows))
+    if large:
+        lines += ["", "## At the large sizes", "", "| target | measured | result |",
+                  "|---|---|---|"]
+        for check in large:
+            verdict = {True: "PASS", False: "FAIL", None: "(note)"}[check.passed]
+            lines.append(f"| {check.target} | {check.measured} | {verdict} |")
     notes = other_chunk_notes(summary, _main_size(rows))
     if notes:
         lines += [""] + [f"- {note}" for note in notes]
@@ -726,14 +813,19 @@ def plot(rows: Sequence[dict[str, Any]], path: Path) -> Path:
         names = sorted({e["method"] for e in summary if e["size"] == size})
         for name in names:
             entries = [e for e in summary if e["size"] == size and e["method"] == name]
-            style = "o-" if name == "greedy" else ("s-" if name == "sequential" else "^--")
+            styles = {"greedy": "o-", "sequential": "s-", "greedy-mem": "o:"}
             axis.plot([e["n_images"] for e in entries], [e["fit_peak_mb"] for e in entries],
-                      style, label=f"{variant_label(name)}: fit peak")
+                      styles.get(name, "^--"), label=f"{variant_label(name)}: fit peak",
+                      fillstyle="none" if name == "greedy-mem" else "full")
         baseline = [e["rss_before_fit_mb"] for e in summary if e["size"] == size]
         axis.axhline(statistics.median(baseline), color="grey", linestyle=":",
                      label="resident before fit")
-        capacity = next(e["capacity"] for e in summary if e["size"] == size)
+        capacity = next(e["capacity"] for e in summary
+                        if e["size"] == size and e["method"] != "greedy-mem")
         axis.set_title(f"{size} x {size} px, K = {capacity}")
+        counts = [e["n_images"] for e in summary if e["size"] == size]
+        if max(counts) > 20 * min(counts):
+            axis.set_xscale("log")
         axis.set_xlabel("training images")
         axis.set_ylabel("peak resident memory (MiB)")
         axis.set_ylim(bottom=0)

@@ -43,10 +43,10 @@ def test_quick_grid_runs_each_cell_in_its_own_process(quick_run):
 
     assert status == 0
     # QUICK_GRID with one run per cell: 64 px: greedy n=4, sequential n=4 and 8, sequential
-    # with a 16-feature builder chunk n=8; 96 px: sequential n=4.
+    # with a 16-feature builder chunk n=8; 96 px: sequential n=4, memory-only standard n=4.
     assert sorted(row["cell"] for row in rows) == sorted([
         "64px-greedy-n4-r0", "64px-sequential-n4-r0", "64px-sequential-n8-r0",
-        "64px-sequential-c16-n8-r0", "96px-sequential-n4-r0",
+        "64px-sequential-c16-n8-r0", "96px-sequential-n4-r0", "96px-greedy-mem-n4-r0",
     ])
     pids = [int(row["pid"]) for row in rows]
     assert len(set(pids)) == len(rows)
@@ -75,8 +75,14 @@ def test_quick_csv_columns_and_values(quick_run):
             "rss_before_fit_mb", "fit_peak_mb", "total_peak_mb", "kernel_peak_mb"))
         assert 0 < before <= fit <= total <= kernel
         assert 0 <= float(row["build_s"]) <= float(row["fit_s"])
-        assert float(row["nn_pass_s"]) > 0
         assert row["omp_wait_policy"] == "passive"
+        if row["memory_only"] == "True":
+            # A tiny K, and neither a nearest-neighbour pass nor scores.
+            assert int(row["capacity"]) == 16 and row["method"] == "greedy"
+            assert row["nn_pass_s"] == "" and row["image_auroc"] == ""
+        else:
+            assert row["memory_only"] == "False"
+            assert float(row["nn_pass_s"]) > 0
 
     scored = [row for row in rows if row["image_auroc"]]
     # Only the largest n both methods ran (4 at 64 px) is scored, in its first run.
@@ -93,7 +99,10 @@ def test_quick_table_plot_and_resume(bench, quick_run):
     table = (results / "memory_study.md").read_text()
     plot = Image.open(results / "memory_study.png")
 
-    assert table.count("| PASS |") + table.count("| FAIL |") == 4
+    # The four targets at 64 px and, at 96 px, the peak share against the memory-only cell.
+    assert table.count("| PASS |") + table.count("| FAIL |") == 5
+    assert "96²: sequential fit peak <= 0.2 x standard's at n=4" in table
+    assert "standard: memory-only cell" in table
     assert "| 64² | standard | 4 | 32 | 1 |" in table
     assert "| 64² | sequential (chunk 16) | 8 | 32 | 1 |" in table
     assert plot.size[0] > 2 * plot.size[1]  # two panels side by side
@@ -195,3 +204,22 @@ def test_only_and_phases_narrow_the_grid(bench):
     assert all(cell.phases and cell.eval_limit == -1 for cell in cells)
     with pytest.raises(SystemExit, match="--only: no cell named \\['64px-greedy-n99-r0'\\]"):
         bench.grid(argparse.Namespace(**{**vars(args), "only": ["64px-greedy-n99-r0"]}))
+
+
+def test_large_size_checks_use_memory_only_cells_where_standard_stops(bench):
+    def entry(method, n, peak, increase, capacity=4096):
+        return {"size": 1024, "method": method, "n_images": n, "fit_peak_mb": peak,
+                "fit_increase_mb": increase, "capacity": capacity}
+
+    summary = [entry("sequential", 10, 450.0, 160.0), entry("sequential", 652, 470.0, 180.0),
+               entry("greedy", 10, 700.0, 410.0), entry("greedy-mem", 10, 690.0, 400.0, 16),
+               entry("greedy-mem", 652, 9400.0, 9110.0, 16)]
+    checks = {check.target: check for check in bench.large_size_checks(summary, 256)}
+
+    flat = checks["1024²: sequential fit peak flat, n=652 over n=10 <= 1.1"]
+    assert flat.passed and "470 / 450 MiB = 1.044" in flat.measured
+    share = checks["1024²: sequential fit peak <= 0.2 x standard's at n=652"]
+    # 470 / 9400 = 0.05, against the memory-only cell: no full standard cell has n = 652.
+    assert share.passed and "= 0.050" in share.measured and "memory-only cell" in share.measured
+    note = checks["1024²: memory-only standard (K=16) against full (K=4096) at n=10"]
+    assert note.passed is None and note.measured == "690 against 700 MiB"
