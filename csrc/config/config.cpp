@@ -720,7 +720,41 @@ Field nullable(Field field) {
   return field;
 }
 
-void apply_override(YAML::Node& document, const std::string& assignment) {
+// The schema of `name` inside `field` (a section's field, or a list's or map's item), or null.
+const Field* child_schema(const Field* field, const std::string& name) {
+  if (field == nullptr) {
+    return nullptr;
+  }
+  if (field->kind == Kind::kList || field->kind == Kind::kMap) {
+    return &field->fields.front();
+  }
+  if (field->kind == Kind::kSection) {
+    for (const Field& child : field->fields) {
+      if (child.name == name) {
+        return &child;
+      }
+    }
+  }
+  return nullptr;
+}
+
+// Note [Dotted keys in overrides]
+// Some maps take dotted run-config keys as their own keys: a study's grid and overrides
+// (`grid: {features.input_size: [...]}`) and each level of an axis. An override that reaches
+// one, `grid.features.input_size=[[256, 256]]`, means the key `features.input_size` of the
+// grid, not a section `features` inside it: where the schema says so, the rest of the dotted
+// key is one key.
+bool takes_dotted_keys(const Field* field) {
+  if (field == nullptr) {
+    return false;
+  }
+  const bool free_values = field->kind == Kind::kMap && field->fields.front().kind == Kind::kAny &&
+                           !field->fields.front().default_value.IsMap();
+  const bool free_map = field->kind == Kind::kAny && field->default_value.IsMap();
+  return free_values || free_map;
+}
+
+void apply_override(YAML::Node& document, const std::string& assignment, const Field* schema) {
   const size_t equals = assignment.find('=');
   if (equals == std::string::npos || equals == 0) {
     throw ConfigError(fmt::format(
@@ -765,10 +799,22 @@ void apply_override(YAML::Node& document, const std::string& assignment) {
   // yaml-cpp nodes are handles, so walking with copies edits the document in place. They are
   // kept in a vector because assigning to a Node would re-point the node it was copied from.
   std::vector<YAML::Node> path{document};
+  const Field* field = schema;
   for (size_t i = 0; i < steps.size(); ++i) {
     const Step& step = steps[i];
     const bool last = i + 1 == steps.size();
     YAML::Node node = path.back();
+    const bool plain_rest = std::all_of(steps.begin() + static_cast<std::ptrdiff_t>(i),
+                                        steps.end(), [](const Step& s) { return s.index < 0; });
+    if (plain_rest && node.IsMap() && takes_dotted_keys(field)) {
+      std::string rest = steps[i].name;
+      for (size_t j = i + 1; j < steps.size(); ++j) {
+        rest += "." + steps[j].name;
+      }
+      node[rest] = value;
+      return;
+    }
+    field = child_schema(field, step.name);
     if (step.index >= 0) {
       if (!node.IsSequence() || step.index >= static_cast<int64_t>(node.size())) {
         throw ConfigError(fmt::format("override '{}': '{}' has no item {}", assignment,
@@ -817,7 +863,7 @@ Loaded load_file(const std::string& file, const Field& schema,
   }
   std::map<std::string, std::string> overridden;
   for (const std::string& assignment : overrides) {
-    apply_override(document, assignment);
+    apply_override(document, assignment, &schema);
     overridden[assignment.substr(0, assignment.find('='))] = assignment;
   }
   const std::string base_dir = fs::absolute(fs::path(file)).parent_path().string();

@@ -74,8 +74,10 @@ Field optional(Field field);   // a null default that stays null when the key is
 Field nullable(Field field);   // keeps the default, but an explicit null is allowed
 
 // Sets `dotted.key=value` overrides (value parsed as YAML) on a raw document before validation;
-// errors name the override.
-void apply_override(YAML::Node& document, const std::string& assignment);
+// errors name the override. With the document's schema, a map whose keys are themselves dotted
+// keys (a study's grid) takes the rest of the key whole (Note [Dotted keys in overrides]).
+void apply_override(YAML::Node& document, const std::string& assignment,
+                    const Field* schema = nullptr);
 
 // A validated config and, for every key, where it came from ("file:line:column", or
 // "default", or "override 'a.b=1'"), so later checks (a missing data folder, say) can point

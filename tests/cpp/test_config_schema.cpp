@@ -153,6 +153,28 @@ TEST_F(ConfigFile, OverridesReachListItems) {
             std::string::npos);
 }
 
+TEST_F(ConfigFile, OverridesOfStudyMapsKeepDottedKeysWhole) {
+  const std::string file = write(
+      "name: s\nbase: run.yaml\noverrides:\n  coreset.capacity: 10\n"
+      "axes:\n  method:\n    sequential: {coreset.method: sequential}\n"
+      "grid:\n  features.input_size: [[256, 256], [512, 512]]\n  data.limit_train: [100, 652]\n");
+  const Loaded loaded = load_file(
+      file, schema("study"),
+      {"grid.features.input_size=[[128, 128]]", "grid.coreset.capacity=[5, 6]",
+       "overrides.coreset.capacity=20", "axes.method.sequential.coreset.chunk_size=64"});
+  const YAML::Node grid = loaded.value["grid"];
+  ASSERT_EQ(grid["features.input_size"].size(), 1u);
+  EXPECT_EQ(grid["features.input_size"][0][0].as<int64_t>(), 128);
+  EXPECT_FALSE(grid["features"].IsDefined());
+  EXPECT_EQ(grid["coreset.capacity"][1].as<int64_t>(), 6);
+  EXPECT_EQ(grid["data.limit_train"][1].as<int64_t>(), 652);
+  EXPECT_EQ(loaded.value["overrides"]["coreset.capacity"].as<int64_t>(), 20);
+  const YAML::Node level = loaded.value["axes"]["method"]["sequential"];
+  EXPECT_EQ(level["coreset.chunk_size"].as<int64_t>(), 64);
+  EXPECT_EQ(level["coreset.method"].as<std::string>(), "sequential");
+  EXPECT_FALSE(level["coreset"].IsDefined());
+}
+
 TEST_F(ConfigFile, EnvironmentVariablesInPaths) {
   ::setenv("SPC_TEST_DATA", "/data/here", 1);
   const Loaded loaded = load_file(write("data:\n  root: ${SPC_TEST_DATA}/tiles\n"), schema("run"));

@@ -117,6 +117,20 @@ def test_cells_are_the_product_of_axes_grid_and_seeds(tiny):
     assert {c.overrides["seed"] for c in cells} == {0, 1}
 
 
+def test_command_line_overrides_reach_dotted_grid_and_level_keys(tiny):
+    # `seqpatchcore sweep ... --set grid.data.limit_train=[2]`: the grid's key is
+    # data.limit_train, whole (Note [Dotted keys in overrides]).
+    loaded = study.load_study(write_study(tiny, "melding_narrowed", MELDING),
+                              ["grid.data.limit_train=[2]",
+                               "axes.setting.melded.data.limit_eval=4"])
+    cells = study.cells_of(loaded)
+    assert loaded["grid"] == {"data.limit_train": [2]}
+    assert len(cells) == 3 * 1 * 2
+    melded = [c for c in cells if c.levels["setting"] == "melded"]
+    assert all(c.overrides["data.limit_eval"] == 4 for c in melded)
+    assert all(c.overrides["data.limit_train"] == 2 for c in melded)
+
+
 def test_study_errors_name_file_and_key(tiny):
     bad = write_study(tiny, "bad", "axes:\n  x:\n    a: {coreset.capcity: 3}\n")
     with pytest.raises(study.StudyError, match=r"bad\.yaml:6:26: unknown key 'coreset.capcity'"):
