@@ -56,6 +56,11 @@ class CMakeBuild(build_ext):
             f"-DSEQPATCHCORE_BUILD_TESTS={'OFF' if os.environ.get('SEQPATCHCORE_BUILD_TESTS') == '0' else 'ON'}",
             f"-DSEQPATCHCORE_CUDA={os.environ.get('SEQPATCHCORE_CUDA', 'AUTO')}",
             "-DCMAKE_BUILD_TYPE=Release",
+            # Editable installs import _C from the source tree (csrc/CMakeLists.txt); set or
+            # cleared every time, since the build folder is shared by both kinds of install.
+            "-DSEQPATCHCORE_INPLACE_DIR="
+            + (str(ROOT / "python" / "seqpatchcore") if getattr(self, "editable_mode", False)
+               else ""),
         ]
         if shutil.which("ninja") and not (build_dir / "CMakeCache.txt").exists():
             configure += ["-G", "Ninja"]
