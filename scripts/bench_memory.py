@@ -813,9 +813,12 @@ def plot(rows: Sequence[dict[str, Any]], path: Path) -> Path:
         names = sorted({e["method"] for e in summary if e["size"] == size})
         for name in names:
             entries = [e for e in summary if e["size"] == size and e["method"] == name]
-            styles = {"greedy": "o-", "sequential": "s-", "greedy-mem": "o:"}
+            # One colour per method in every panel; memory-only standard hollow and dotted.
+            styles = {"greedy": ("o-", "C0"), "greedy-mem": ("o:", "C0"),
+                      "sequential": ("s-", "C1")}
+            style, colour = styles.get(name, ("^--", "C2"))
             axis.plot([e["n_images"] for e in entries], [e["fit_peak_mb"] for e in entries],
-                      styles.get(name, "^--"), label=f"{variant_label(name)}: fit peak",
+                      style, color=colour, label=f"{variant_label(name)}: fit peak",
                       fillstyle="none" if name == "greedy-mem" else "full")
         baseline = [e["rss_before_fit_mb"] for e in summary if e["size"] == size]
         axis.axhline(statistics.median(baseline), color="grey", linestyle=":",
