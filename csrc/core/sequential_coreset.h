@@ -112,17 +112,16 @@ class SequentialCoreset {
   template <typename scalar_t>
   void update_chunk(const at::Tensor& features, const at::Device& device);
   at::Tensor distance_buffer(int64_t rows, at::ScalarType dtype);
-  // The smallest fast distance of every row of a chunk and a slot holding it.
+  // The smallest fast distance of every row of a chunk.
   struct RowMinima {
     std::vector<double> value;
-    std::vector<int64_t> slot;
   };
   template <typename scalar_t>
   at::Tensor fast_distances(const at::Tensor& centred,
                             const at::Tensor& norms,
                             const at::Device& device,
                             RowMinima& minima);
-  static void store_minima(const at::Tensor& values, const at::Tensor& slots, RowMinima& minima);
+  static void store_minima(const at::Tensor& values, RowMinima& minima);
   void sync_device_keys(const at::Device& device);
   template <typename scalar_t, typename dist_t>
   void walk(const at::Tensor& features,
@@ -146,7 +145,7 @@ class SequentialCoreset {
   template <typename scalar_t>
   void refresh_nearest(const std::vector<int64_t>& slots);
   template <typename scalar_t>
-  int64_t eviction_slot() const;
+  int64_t eviction_slot();
   template <typename scalar_t>
   void evict_one();
   void refresh_closest_pair();
