@@ -74,10 +74,22 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--rounds and --capacity must be >= 1 and --chunks >= 0")
 
     if not args.features.is_file():
+        if not (args.data / "split.csv").is_file():
+            parser.error(f"--features {args.features} does not exist, and --data {args.data} "
+                         f"has no split.csv to extract them from")
         paths = [sample.image for sample in read_split_csv(args.data, "train")]
         print(f"extracting the features of {len(paths)} training images into {args.features}")
         extract_features(paths, args.features)
-    features = torch.from_numpy(np.load(args.features))
+    try:
+        array = np.load(args.features)
+    except (OSError, ValueError) as error:
+        parser.error(f"--features {args.features}: not a .npy array ({error})")
+    if array.ndim != 2 or array.shape[0] == 0 or array.dtype not in (np.float32, np.float64):
+        parser.error(f"--features {args.features}: expected a non-empty float32 or float64 "
+                     f"[features, D] array, got {array.dtype} of shape {array.shape}")
+    if not np.isfinite(array).all():
+        parser.error(f"--features {args.features}: holds NaN or infinity")
+    features = torch.from_numpy(array)
     print(f"{features.shape[0]:,} features of D = {features.shape[1]}, K = {args.capacity:,}, "
           f"{torch.get_num_threads()} threads, OMP_WAIT_POLICY="
           f"{os.environ.get('OMP_WAIT_POLICY', 'default')}")

@@ -77,7 +77,10 @@ def _build_parser() -> argparse.ArgumentParser:
     action.add_argument("--describe", metavar="SCHEMA", choices=["run", "render", "study"],
                         help="print every key of a schema as a Markdown table")
     action.add_argument("--check", type=Path, metavar="FILE",
-                        help="validate a run config and print it with defaults filled in")
+                        help="validate a config and print it with defaults filled in")
+    config.add_argument("--schema", choices=["auto", "run", "render", "study"], default="auto",
+                        help="the schema --check validates against; auto: study if the file "
+                             "has a top-level 'base', render if it has 'kind', else run")
     config.add_argument("--set", dest="overrides", action="append", default=[],
                         metavar="KEY=VALUE", help="override a key before checking")
 
@@ -365,9 +368,24 @@ def _config(args: argparse.Namespace) -> int:
     if args.describe:
         print(_C.describe_config(args.describe), end="")
         return 0
-    config, _ = _C.load_config(str(args.check), "run", list(args.overrides))
+    schema = args.schema if args.schema != "auto" else _schema_of(args.check)
+    config, _ = _C.load_config(str(args.check), schema, list(args.overrides))
     print(_C.dump_config(config), end="")
     return 0
+
+
+def _schema_of(path: Path) -> str:
+    """The schema a config file is written for, from its top-level keys (block-style YAML):
+    a study names its `base` run config, a render config its `kind`."""
+    try:
+        lines = path.read_text().splitlines()
+    except OSError:
+        return "run"  # load_config names the unreadable file
+    keys = {line.split(":", 1)[0] for line in lines
+            if line[:1].isalpha() and ":" in line}
+    if "base" in keys:
+        return "study"
+    return "render" if "kind" in keys else "run"
 
 
 def _predict(args: argparse.Namespace) -> int:

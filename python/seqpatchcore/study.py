@@ -82,11 +82,45 @@ def load_study(file: str | os.PathLike, overrides: list[str] | None = None) -> d
             raise StudyError(f"{where}: grid.{key}: expected a non-empty list of values, got "
                              f"{values!r}")
         study["grid"][key] = [_resolve(key, value, here, where) for value in values]
+    _check_cells(study, locations, str(file))
     study["_locations"] = locations
     study["_file"] = str(Path(file).resolve())
     for cell in cells_of(study):
         cell_config(study, cell)  # any bad override fails here, before any cell runs
     return study
+
+
+# Keys every cell sets itself: a study that sets them would be silently overruled.
+_CELL_KEYS = {"seed": "seeds", "name": "the cell's name"}
+
+
+def _check_cells(study: dict[str, Any], locations: dict[str, str], file: str) -> None:
+    """Refuse what would make cells that never run or that share a run folder."""
+    places = [("overrides", study["overrides"] or {}), ("grid", study["grid"] or {})]
+    places += [(f"axes.{axis}.{level}", assignments or {})
+               for axis, levels in (study["axes"] or {}).items()
+               for level, assignments in levels.items()]
+    for place, assignments in places:
+        for key in assignments:
+            if key in _CELL_KEYS:
+                where = locations.get(f"{place}.{key}", file)
+                raise StudyError(f"{where}: {place}.{key}: every cell sets '{key}' itself (from "
+                                 f"{_CELL_KEYS[key]}); remove it here")
+    for key, values in (study["grid"] or {}).items():
+        repeated = [value for value in values if values.count(value) > 1]
+        if repeated:
+            where = locations.get(f"grid.{key}", file)
+            raise StudyError(f"{where}: grid.{key}: each value once, got {repeated[0]!r} "
+                             f"{values.count(repeated[0])} times in {values!r}")
+    seeds = study["seeds"]
+    if len(set(seeds)) != len(seeds):
+        raise StudyError(f"{locations.get('seeds', file)}: seeds: each seed once, got {seeds}")
+    if not seeds:
+        raise StudyError(f"{locations.get('seeds', file)}: seeds: expected at least one seed")
+    for axis, levels in (study["axes"] or {}).items():
+        if not levels:
+            where = locations.get(f"axes.{axis}", file)
+            raise StudyError(f"{where}: axes.{axis}: expected at least one level, got none")
 
 
 def cells_of(study: dict[str, Any]) -> list[Cell]:

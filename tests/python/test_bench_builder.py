@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 SCRIPTS = Path(__file__).resolve().parents[2] / "scripts"
 
@@ -62,3 +63,20 @@ def test_a_coreset_that_differs_between_chunks_fails(tmp_path, monkeypatch):
                          "--chunks", "0", "7", "--rounds", "1", "--results", str(tmp_path)])
     assert status == 1
     assert calls == [0, 7] and not (tmp_path / "builder.csv").exists()
+
+
+@pytest.mark.parametrize("array, message", [
+    (np.zeros(5, np.float32), "expected a non-empty float32 or float64 [features, D] array"),
+    (np.zeros((0, 8), np.float32), "got float32 of shape (0, 8)"),
+    (np.zeros((5, 8), np.int64), "got int64 of shape (5, 8)"),
+    (np.full((5, 8), np.nan, np.float32), "holds NaN or infinity"),
+])
+def test_bad_feature_files_are_named_before_any_build(tmp_path, capsys, array, message):
+    bench = _load_script()
+    path = tmp_path / "features.npy"
+    np.save(path, array)
+    with pytest.raises(SystemExit) as exit_info:
+        bench.main(["--features", str(path), "--results", str(tmp_path / "out")])
+    assert exit_info.value.code == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()

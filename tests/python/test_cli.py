@@ -191,3 +191,21 @@ def test_tiny_run_completes(tmp_path):
     results = json.loads((tmp_path / "out/metrics.json").read_text())
     assert results["coreset"]["size"] == 10
     shutil.rmtree(tmp_path / "out")
+
+
+def test_config_check_takes_the_schema_the_file_is_written_for(capsys):
+    configs = Path(__file__).resolve().parents[2] / "configs"
+    # A render config (top-level kind), a study (top-level base) and a run config.
+    assert main(["config", "--check", str(configs / "render_stained_test.yaml"),
+                 "--set", "real.copy[0]=val"]) == 0
+    render = capsys.readouterr().out
+    assert "kind: real_stains" in render and "- val" in render
+    assert main(["config", "--check", str(configs / "study_memory.yaml"),
+                 "--set", "grid.data.limit_train=[10]"]) == 0
+    assert "data.limit_train:\n    - 10\n" in capsys.readouterr().out
+    assert main(["config", "--check", str(configs / "magnetic_tile.yaml")]) == 0
+    assert "coreset:" in capsys.readouterr().out
+    # An explicit schema wins: a study is not a run config.
+    assert main(["config", "--check", str(configs / "study_memory.yaml"),
+                 "--schema", "run"]) == 2
+    assert "unknown key 'base'" in capsys.readouterr().err

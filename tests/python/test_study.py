@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import re
 from pathlib import Path
 
 import numpy as np
@@ -129,6 +130,22 @@ def test_command_line_overrides_reach_dotted_grid_and_level_keys(tiny):
     melded = [c for c in cells if c.levels["setting"] == "melded"]
     assert all(c.overrides["data.limit_eval"] == 4 for c in melded)
     assert all(c.overrides["data.limit_train"] == 2 for c in melded)
+
+
+@pytest.mark.parametrize("override, message", [
+    ("grid.data.limit_train=[2, 2]", "grid.data.limit_train: each value once, got 2 2 times"),
+    ("seeds=[1, 1]", "seeds: each seed once"),
+    ("seeds=[]", "seeds: expected at least one seed"),
+    ("grid.seed=[1, 2]", "grid.seed: every cell sets 'seed' itself"),
+    ("overrides.seed=5", "overrides.seed: every cell sets 'seed' itself"),
+    ("axes.setting.melded.name=x", "axes.setting.melded.name: every cell sets 'name' itself"),
+    ("axes.setting=null", "axes.setting: expected at least one level"),
+])
+def test_studies_whose_cells_would_collide_or_vanish_are_refused(tiny, override, message):
+    # Two cells of one name would share a run folder; a seed set in the study would be
+    # overruled by every cell's own; an empty axis would leave no cell to run.
+    with pytest.raises(study.StudyError, match=re.escape(message)):
+        study.load_study(write_study(tiny, "melding_refused", MELDING), [override])
 
 
 def test_study_errors_name_file_and_key(tiny):
