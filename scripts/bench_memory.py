@@ -594,28 +594,14 @@ def check_targets(summary: Sequence[dict[str, Any]], main_size: int) -> list[Che
     checks = []
 
     if len(sequential) >= 2:
-        low, high = table["sequential", sequential[0]], table["sequential", sequential[-1]]
-        ratio = high["fit_peak_mb"] / low["fit_peak_mb"]
-        increase = _ratio(high["fit_increase_mb"], low["fit_increase_mb"])
-        checks.append(Check(
-            f"sequential fit peak flat: n={sequential[-1]} over n={sequential[0]} "
-            f"<= {FLAT_LIMIT}",
-            f"{high['fit_peak_mb']:.0f} / {low['fit_peak_mb']:.0f} MiB = {ratio:.3f} "
-            f"(increase over the pre-fit baseline: {increase})",
-            ratio <= FLAT_LIMIT))
+        checks.append(_flat_check(table, sequential, ""))
     else:
         checks.append(Check("sequential fit peak flat", "needs two sequential cells", None))
 
     if common:
         n = common[-1]
         seq, std = table["sequential", n], table["greedy", n]
-        share = seq["fit_peak_mb"] / std["fit_peak_mb"]
-        increase = _ratio(seq["fit_increase_mb"], std["fit_increase_mb"])
-        checks.append(Check(
-            f"sequential fit peak <= {PEAK_SHARE_LIMIT} x standard's at n={n}",
-            f"{seq['fit_peak_mb']:.0f} / {std['fit_peak_mb']:.0f} MiB = {share:.3f} "
-            f"(increase over the pre-fit baseline: {increase})",
-            share <= PEAK_SHARE_LIMIT))
+        checks.append(_share_check(seq, std, n, "", ""))
         if seq["image_auroc"] is not None and std["image_auroc"] is not None:
             gap = seq["image_auroc"] - std["image_auroc"]
             checks.append(Check(
@@ -657,26 +643,14 @@ def large_size_checks(summary: Sequence[dict[str, Any]], main_size: int) -> list
         table = {(e["method"], e["n_images"]): e for e in summary if e["size"] == size}
         sequential = sorted(n for method, n in table if method == "sequential")
         if len(sequential) >= 2:
-            low, high = table["sequential", sequential[0]], table["sequential", sequential[-1]]
-            ratio = high["fit_peak_mb"] / low["fit_peak_mb"]
-            checks.append(Check(
-                f"{size}²: sequential fit peak flat, n={sequential[-1]} over n={sequential[0]} "
-                f"<= {FLAT_LIMIT}",
-                f"{high['fit_peak_mb']:.0f} / {low['fit_peak_mb']:.0f} MiB = {ratio:.3f}",
-                ratio <= FLAT_LIMIT))
+            checks.append(_flat_check(table, sequential, f"{size}²: "))
         for n in sequential[-1:]:
             standard = table.get(("greedy", n)) or table.get(("greedy-mem", n))
             if standard is None:
                 continue
-            seq = table["sequential", n]
-            share = seq["fit_peak_mb"] / standard["fit_peak_mb"]
             source = "memory-only cell" if ("greedy", n) not in table else "full cell"
-            checks.append(Check(
-                f"{size}²: sequential fit peak <= {PEAK_SHARE_LIMIT} x standard's at n={n}",
-                f"{seq['fit_peak_mb']:.0f} / {standard['fit_peak_mb']:.0f} MiB = {share:.3f} "
-                f"(standard: {source}; increase over the pre-fit baseline: "
-                f"{_ratio(seq['fit_increase_mb'], standard['fit_increase_mb'])})",
-                share <= PEAK_SHARE_LIMIT))
+            checks.append(_share_check(table["sequential", n], standard, n, f"{size}²: ",
+                                       f"standard: {source}; "))
         for (method, n), entry in sorted(table.items()):
             full = table.get(("greedy", n))
             if method == "greedy-mem" and full is not None:
@@ -686,6 +660,31 @@ def large_size_checks(summary: Sequence[dict[str, Any]], main_size: int) -> list
                     f"{entry['fit_peak_mb']:.0f} against {full['fit_peak_mb']:.0f} MiB",
                     None))
     return checks
+
+
+def _flat_check(table: dict[tuple[str, int], dict[str, Any]], sequential: list[int],
+                label: str) -> Check:
+    """Sequential fit peak at the most images over that at the fewest."""
+    low, high = table["sequential", sequential[0]], table["sequential", sequential[-1]]
+    ratio = high["fit_peak_mb"] / low["fit_peak_mb"]
+    return Check(
+        f"{label}sequential fit peak flat, n={sequential[-1]} over n={sequential[0]} "
+        f"<= {FLAT_LIMIT}",
+        f"{high['fit_peak_mb']:.0f} / {low['fit_peak_mb']:.0f} MiB = {ratio:.3f} (increase "
+        f"over the pre-fit baseline: {_ratio(high['fit_increase_mb'], low['fit_increase_mb'])})",
+        ratio <= FLAT_LIMIT)
+
+
+def _share_check(seq: dict[str, Any], standard: dict[str, Any], n: int, label: str,
+                 source: str) -> Check:
+    """Sequential fit peak over standard's at n images."""
+    share = seq["fit_peak_mb"] / standard["fit_peak_mb"]
+    return Check(
+        f"{label}sequential fit peak <= {PEAK_SHARE_LIMIT} x standard's at n={n}",
+        f"{seq['fit_peak_mb']:.0f} / {standard['fit_peak_mb']:.0f} MiB = {share:.3f} ({source}"
+        f"increase over the pre-fit baseline: "
+        f"{_ratio(seq['fit_increase_mb'], standard['fit_increase_mb'])})",
+        share <= PEAK_SHARE_LIMIT)
 
 
 def other_chunk_notes(summary: Sequence[dict[str, Any]], main_size: int) -> list[str]:

@@ -804,9 +804,9 @@ void apply_override(YAML::Node& document, const std::string& assignment, const F
     const Step& step = steps[i];
     const bool last = i + 1 == steps.size();
     YAML::Node node = path.back();
-    const bool plain_rest = std::all_of(steps.begin() + static_cast<std::ptrdiff_t>(i),
-                                        steps.end(), [](const Step& s) { return s.index < 0; });
-    if (plain_rest && node.IsMap() && takes_dotted_keys(field)) {
+    const auto plain = [](const Step& s) { return s.index < 0; };
+    if (takes_dotted_keys(field) && node.IsMap() &&
+        std::all_of(steps.begin() + static_cast<std::ptrdiff_t>(i), steps.end(), plain)) {
       std::string rest = steps[i].name;
       for (size_t j = i + 1; j < steps.size(); ++j) {
         rest += "." + steps[j].name;

@@ -477,7 +477,7 @@ at::Tensor SequentialCoreset::distance_buffer(int64_t rows, at::ScalarType dtype
 }
 
 // The chunk's fast squared distances to every slot, [b, K] on the CPU, computed on `device`,
-// and the smallest of each row with its slot in `minima` (Note [Cheap rejections]).
+// and the smallest of each row in `minima` (Note [Cheap rejections]).
 // centred: [b, D'] keys less the centre; norms: [b] their squared norms (both on the CPU).
 template <typename scalar_t>
 at::Tensor SequentialCoreset::fast_distances(const at::Tensor& centred,
@@ -862,21 +862,28 @@ SequentialCoreset::nearest_two(const scalar_t* key,
 }
 
 // Note [Stale members in groups]
-// A replacement leaves stale every member that counted the evicted one among its two nearest,
-// three on average (real features, K = 6676), and each needs a search of the whole coreset.
-// One member at a time with a dot product per key, that search was a quarter of a build's
-// time. The searches take four members at a time against a copy of the centred keys stored
-// by column (keys_by_column_, K * D' values more), which reads the keys once per four members
-// and needs no horizontal sums. The products are fast distances like any other, within the
+// Members whose two nearest must be searched for again over the whole coreset (after a
+// replacement, 3.4 on average with real features at K = 6676 before Note [Second nearest on
+// demand], 1.75 since) were searched one at a time with a dot product per key, a quarter of
+// a build's time. The searches take four members at a time against a copy of the centred
+// keys stored by column (keys_by_column_, K * D' values more), which reads the keys once per
+// four members and needs no horizontal sums. The products are fast distances like any other, within the
 // error bound, so the exact search that follows decides as before.
+// The two members nearest to member `slot`, given its fast (or exact) squared distances `row`
+// to every member.
+template <typename scalar_t>
+std::pair<SequentialCoreset::Neighbour, SequentialCoreset::Neighbour>
+SequentialCoreset::nearest_two_of(int64_t slot, const double* row) const {
+  const double bound = error_bound(static_cast<double>(key_norms_.data_ptr<scalar_t>()[slot]));
+  return nearest_two<scalar_t, double>(keys_.data_ptr<scalar_t>() + slot * key_dim_, row, bound,
+                                       slot);
+}
+
 template <typename scalar_t>
 void SequentialCoreset::refresh_nearest(const std::vector<int64_t>& slots) {
-  const scalar_t* m = keys_.data_ptr<scalar_t>();
   const scalar_t* norms = key_norms_.data_ptr<scalar_t>();
   auto store = [&](int64_t slot, const double* row) {
-    const double bound = error_bound(static_cast<double>(norms[slot]));
-    const auto [first, second] =
-        nearest_two<scalar_t, double>(m + slot * key_dim_, row, bound, slot);
+    const auto [first, second] = nearest_two_of<scalar_t>(slot, row);
     nn_distance2_[slot] = first.distance2;
     nn_slot_[slot] = first.slot;
     second_distance2_[slot] = second.distance2;
@@ -914,19 +921,22 @@ void SequentialCoreset::refresh_nearest(const std::vector<int64_t>& slots) {
   }
 }
 
+// Searches for the second nearest of those `slots` whose second is unknown.
+template <typename scalar_t>
+void SequentialCoreset::find_seconds(std::vector<int64_t> slots) {
+  slots.erase(std::remove_if(slots.begin(), slots.end(),
+                             [&](int64_t j) { return second_slot_[j] != kUnknownSlot; }),
+              slots.end());
+  refresh_nearest<scalar_t>(slots);
+}
+
 // Of the closest pair (a, b), the endpoint whose second-nearest member is closer: removing it
 // loses the least coverage. Ties go to the lower slot.
 template <typename scalar_t>
 int64_t SequentialCoreset::eviction_slot() {
   const int64_t a = closest_;
   const int64_t b = nn_slot_[a];
-  std::vector<int64_t> unknown;
-  for (const int64_t j : {a, b}) {
-    if (second_slot_[j] == kUnknownSlot) {
-      unknown.push_back(j);
-    }
-  }
-  refresh_nearest<scalar_t>(unknown);
+  find_seconds<scalar_t>({a, b});
   const double second_a = second_distance2_[a];
   const double second_b = second_distance2_[b];
   if (second_a != second_b) {
@@ -954,13 +964,9 @@ void SequentialCoreset::refresh_closest_pair() {
 template <typename scalar_t>
 void SequentialCoreset::evict_one() {
   // The renaming below needs every member's second (a tie may reorder).
-  std::vector<int64_t> unknown;
-  for (int64_t j = 0; j < size_; ++j) {
-    if (second_slot_[j] == kUnknownSlot) {
-      unknown.push_back(j);
-    }
-  }
-  refresh_nearest<scalar_t>(unknown);
+  std::vector<int64_t> all(size_);
+  std::iota(all.begin(), all.end(), int64_t{0});
+  find_seconds<scalar_t>(all);
   const int64_t slot = eviction_slot<scalar_t>();
   const int64_t last = size_ - 1;
 
@@ -1102,10 +1108,8 @@ std::map<std::string, at::Tensor> SequentialCoreset::state() const {
   AT_DISPATCH_FLOATING_TYPES(dtype_, "sequential_coreset_state", [&] {
     for (int64_t j = 0; j < size_; ++j) {
       if (second_slot[j] == kUnknownSlot) {
-        const std::vector<double> row = distances_to_member<scalar_t>(j);
-        const auto [first, second] = nearest_two<scalar_t, double>(
-            keys_.data_ptr<scalar_t>() + j * key_dim_, row.data(),
-            error_bound(static_cast<double>(key_norms_.data_ptr<scalar_t>()[j])), j);
+        const auto second = nearest_two_of<scalar_t>(j, distances_to_member<scalar_t>(j).data())
+                                .second;
         second_distance2[j] = second.distance2;
         second_slot[j] = second.slot;
       }

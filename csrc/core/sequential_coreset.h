@@ -145,6 +145,10 @@ class SequentialCoreset {
   template <typename scalar_t>
   void refresh_nearest(const std::vector<int64_t>& slots);
   template <typename scalar_t>
+  std::pair<Neighbour, Neighbour> nearest_two_of(int64_t slot, const double* row) const;
+  template <typename scalar_t>
+  void find_seconds(std::vector<int64_t> slots);
+  template <typename scalar_t>
   int64_t eviction_slot();
   template <typename scalar_t>
   void evict_one();

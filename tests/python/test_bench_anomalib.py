@@ -9,7 +9,6 @@ the scoring, and the tables with their ratios.
 from __future__ import annotations
 
 import csv
-import importlib.util
 import io
 import sys
 from pathlib import Path
@@ -17,20 +16,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 from reference import is_farthest_point_sequence, reference_coreset
-
-SCRIPTS = Path(__file__).resolve().parents[2] / "scripts"
-
-
-def _load_script():
-    spec = importlib.util.spec_from_file_location("bench_anomalib", SCRIPTS / "bench_anomalib.py")
-    module = importlib.util.module_from_spec(spec)
-    # dataclasses look their module up in sys.modules while the class is created.
-    sys.modules["bench_anomalib"] = module
-    spec.loader.exec_module(module)
-    return module
+from script_loader import SCRIPTS, load_script
 
 
-bench = _load_script()
+bench = load_script("bench_anomalib")
 
 
 def _child_code(body: str) -> list[str]:

@@ -4,22 +4,11 @@ chunk size gives the same coreset."""
 from __future__ import annotations
 
 import csv
-import importlib.util
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
-
-SCRIPTS = Path(__file__).resolve().parents[2] / "scripts"
-
-
-def _load_script():
-    spec = importlib.util.spec_from_file_location("bench_builder", SCRIPTS / "bench_builder.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["bench_builder"] = module
-    spec.loader.exec_module(module)
-    return module
+from script_loader import load_script
 
 
 def _features(tmp_path: Path) -> Path:
@@ -29,7 +18,7 @@ def _features(tmp_path: Path) -> Path:
 
 
 def test_rounds_of_every_chunk_are_timed_and_tabled(tmp_path):
-    bench = _load_script()
+    bench = load_script("bench_builder")
     results = tmp_path / "results"
     status = bench.main(["--features", str(_features(tmp_path)), "--capacity", "30",
                          "--chunks", "0", "5", "1", "--rounds", "2", "--results", str(results)])
@@ -49,7 +38,7 @@ def test_rounds_of_every_chunk_are_timed_and_tabled(tmp_path):
 
 
 def test_a_coreset_that_differs_between_chunks_fails(tmp_path, monkeypatch):
-    bench = _load_script()
+    bench = load_script("bench_builder")
     real_build = bench.build
     calls = []
 
@@ -72,7 +61,7 @@ def test_a_coreset_that_differs_between_chunks_fails(tmp_path, monkeypatch):
     (np.full((5, 8), np.nan, np.float32), "holds NaN or infinity"),
 ])
 def test_bad_feature_files_are_named_before_any_build(tmp_path, capsys, array, message):
-    bench = _load_script()
+    bench = load_script("bench_builder")
     path = tmp_path / "features.npy"
     np.save(path, array)
     with pytest.raises(SystemExit) as exit_info:

@@ -6,27 +6,20 @@ from __future__ import annotations
 
 import argparse
 import csv
-import importlib.util
 import os
 import sys
-from pathlib import Path
 
 import pytest
 from PIL import Image
+from script_loader import load_script
 
-SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "bench_memory.py"
 D = 72  # expanded_conv_2 (24 channels) + expanded_conv_7 (48 channels)
 
 
 @pytest.fixture(scope="module")
 def bench():
-    spec = importlib.util.spec_from_file_location("bench_memory", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    # dataclasses look their module up in sys.modules while the class is being made.
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    yield module
-    del sys.modules[spec.name]
+    yield load_script("bench_memory")
+    del sys.modules["bench_memory"]
 
 
 @pytest.fixture(scope="module")
